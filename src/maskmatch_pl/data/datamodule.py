@@ -1,0 +1,177 @@
+"""SemiSupervisedDataModule: labeled + unlabeled training loaders, val/test/predict loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset
+
+from .datasets import EvalDataset, LabeledDataset, SampleReader, UnlabeledDataset, pad_collate
+from .demo import build_demo_dataset
+from .presets import PRESETS, palette_for
+from .samplers import EpochShuffleSampler, ShardSampler
+from .sources import Sample, load_samples
+
+DatasetName = Literal["demo", "pascal", "cityscapes", "custom"]
+
+
+class SemiSupervisedDataModule(L.LightningDataModule):
+    """Pairs a labeled and an unlabeled training set, plus val/test/predict sets.
+
+    Training batches are ``{"labeled": {...}, "unlabeled": {...}}`` (see
+    :mod:`maskmatch_pl.batch`), from a ``CombinedLoader`` in ``max_size_cycle`` mode; the
+    labeled list is cycled to the length of the unlabeled one, so an epoch is one pass over
+    the unlabeled set, as in UniMatch.
+
+    Args:
+        dataset: ``demo`` (built on first use), ``pascal``, ``cityscapes`` (class names and
+            palettes preset) or ``custom``.
+        root: data root; split-file paths are relative to it (demo: the cache folder).
+        split: a split name: ``labeled``/``unlabeled`` default to
+            ``<splits_dir>/<split>/{labeled,unlabeled}.txt`` and ``val`` to ``<splits_dir>/val.txt``.
+        splits_dir: folder of split files (default ``<root>/splits``).
+        labeled, unlabeled, val, test, predict: explicit sources, each a split file, an
+            ``images/`` + ``masks/`` folder, or (unlabeled, predict) a plain image folder;
+            they override ``split``. ``test`` defaults to ``val``.
+        num_classes, class_names: required for ``custom``; preset otherwise.
+        crop_size, scale_range: training crop and random rescale range.
+        batch_size, unlabeled_batch_size, val_batch_size: per-process batch sizes
+            (unlabeled defaults to ``batch_size``); val batches of unequal images are padded.
+        num_workers: loader worker processes.
+        strong_views: strong views per unlabeled image (2 for UniMatch).
+        mask_mapping, binary: stored mask value -> class (``{255: 1}``), or non-zero -> 1.
+        cache_dir: where the demo dataset is generated (default ``$MASKMATCH_PL_CACHE`` or
+            ``~/.cache/maskmatch_pl``).
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "custom",
+        root: str | None = None,
+        split: str | int | None = None,
+        splits_dir: str | None = None,
+        labeled: str | None = None,
+        unlabeled: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        predict: str | None = None,
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+        crop_size: int = 320,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        batch_size: int = 8,
+        unlabeled_batch_size: int | None = None,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+        strong_views: int = 1,
+        mask_mapping: dict[int, int] | None = None,
+        binary: bool = False,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(split, int):
+            split = str(split)  # classic VOC splits are numbers: 92, 1464
+        self.save_hyperparameters(ignore=["num_classes", "class_names"])  # the model holds the resolved ones
+        preset = PRESETS.get(dataset)
+        self.num_classes = num_classes or (2 if binary else None) or (preset.num_classes if preset else None)
+        if self.num_classes is None:
+            raise ValueError("data.num_classes is required for a custom dataset (e.g. `num_classes: 2` for binary masks)")
+        names = class_names or (preset.class_names if preset and preset.num_classes == self.num_classes else None)
+        self.class_names = names or [str(i) for i in range(self.num_classes)]
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}")
+        self.palette = palette_for(self.num_classes, dataset)
+        if dataset == "demo" and split is None and labeled is None:
+            self.hparams.split = "1_16"
+        self.reader = SampleReader(self.num_classes, mask_mapping, binary)
+        self._datasets: dict[str, Dataset] = {}
+
+    # ---------------------------------------------------------------- sources
+    @property
+    def root(self) -> Path | None:
+        if self.hparams.dataset == "demo" and self.hparams.root is None:
+            return build_demo_dataset(self.hparams.cache_dir)
+        return Path(self.hparams.root).expanduser() if self.hparams.root else None
+
+    def _source(self, stage: str) -> str | Path | None:
+        hp = self.hparams
+        explicit = getattr(hp, stage)
+        if explicit is not None:
+            return explicit
+        if stage == "test":
+            return self._source("val")
+        if stage == "predict":
+            return None
+        splits_dir = Path(hp.splits_dir).expanduser() if hp.splits_dir else (self.root / "splits" if self.root else None)
+        if splits_dir is None or (hp.split is None and stage != "val"):
+            return None
+        return splits_dir / "val.txt" if stage == "val" else splits_dir / hp.split / f"{stage}.txt"
+
+    def samples(self, stage: str) -> list[Sample]:
+        """The samples of ``labeled``, ``unlabeled``, ``val``, ``test`` or ``predict``."""
+        source = self._source(stage)
+        if source is None:
+            raise ValueError(f"no {stage} data: set data.{stage} (a split file or folder) or data.split and data.root")
+        if not Path(source).exists() and self.hparams.split and self.hparams.split.isdigit() and len(self.hparams.split) > 2:
+            raise ValueError(f"{source} does not exist; note that YAML reads 1_16 as the number 116, so quote "
+                             f"split names with an underscore: split: '1_16'")
+        return load_samples(source, self.root, need_masks=stage in ("labeled", "val", "test"))
+
+    def prepare_data(self) -> None:
+        if self.hparams.dataset == "demo" and self.hparams.root is None:
+            build_demo_dataset(self.hparams.cache_dir)
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage == "fit":
+            unlabeled = self.samples("unlabeled") if self._source("unlabeled") else []
+            labeled = self.samples("labeled")
+            self._datasets["labeled"] = LabeledDataset(labeled, self.reader, hp.crop_size, hp.scale_range, len(unlabeled))
+            if unlabeled:
+                self._datasets["unlabeled"] = UnlabeledDataset(unlabeled, self.reader, hp.crop_size, hp.scale_range, hp.strong_views)
+        if stage in ("fit", "validate"):
+            self._datasets["val"] = EvalDataset(self.samples("val"), self.reader)
+        if stage == "test":
+            self._datasets["test"] = EvalDataset(self.samples("test"), self.reader)
+        if stage == "predict":
+            self._datasets["predict"] = EvalDataset(self.samples("predict"), self.reader, with_masks=False)
+
+    # ---------------------------------------------------------------- loaders
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        world_size, rank = self._ranks()
+        if train:
+            sampler = EpochShuffleSampler(dataset, world_size, rank, seed=torch.initial_seed() % 2**31)
+        else:
+            sampler = ShardSampler(dataset, world_size, rank)
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=workers,
+            collate_fn=None if train else pad_collate, persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> CombinedLoader:
+        hp = self.hparams
+        loaders: dict[str, Any] = {"labeled": self._loader(self._datasets["labeled"], hp.batch_size, train=True)}
+        if "unlabeled" in self._datasets:
+            loaders["unlabeled"] = self._loader(
+                self._datasets["unlabeled"], hp.unlabeled_batch_size or hp.batch_size, train=True
+            )
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._datasets["val"], self.hparams.val_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._datasets["test"], self.hparams.val_batch_size, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self._datasets["predict"], self.hparams.val_batch_size, train=False)

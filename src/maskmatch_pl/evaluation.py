@@ -1,0 +1,74 @@
+"""Evaluation protocols: whole image, centre crop, and sliding window (with optional TTA)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+from .multiscale import Network, multiscale_probabilities
+
+EvalMode = Literal["original", "center_crop", "sliding_window"]
+
+
+def center_crop(tensor: torch.Tensor, size: int) -> torch.Tensor:
+    """Central ``size x size`` crop of the last two dims (smaller dims are kept whole)."""
+    height, width = tensor.shape[-2:]
+    top, left = max(height - size, 0) // 2, max(width - size, 0) // 2
+    return tensor[..., top : top + size, left : left + size]
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets of windows of ``window`` px every ``stride`` px along ``length`` px, the
+    last one flush with the border; a single window at 0 when ``length <= window``."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return starts + [length - window]
+
+
+def sliding_window_probabilities(
+    model: Network,
+    images: torch.Tensor,
+    window: int,
+    stride: int | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> torch.Tensor:
+    """Softmax probabilities summed over overlapping windows (stride defaults to 2/3 of the
+    window, the reference protocol for Cityscapes), normalised by the number of windows
+    covering each pixel. Returns ``B x C x H x W`` float32."""
+    stride = stride or int(window * 2 / 3)
+    height, width = images.shape[-2:]
+    total: torch.Tensor | None = None
+    count = torch.zeros(1, 1, height, width, device=images.device)
+    for top in window_starts(height, window, stride):
+        for left in window_starts(width, window, stride):
+            crop = images[..., top : top + window, left : left + window]
+            probs = multiscale_probabilities(model, crop, scales, flip)
+            if total is None:
+                total = images.new_zeros(images.shape[0], probs.shape[1], height, width, dtype=torch.float32)
+            total[..., top : top + window, left : left + window] += probs
+            count[..., top : top + window, left : left + window] += 1
+    assert total is not None
+    return total / count
+
+
+def predict_probabilities(
+    model: Network,
+    images: torch.Tensor,
+    mode: EvalMode = "original",
+    crop_size: int = 320,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> torch.Tensor:
+    """Probabilities for ``images`` under an evaluation protocol (``center_crop`` returns the
+    crop's probabilities: crop the labels with :func:`center_crop` too)."""
+    if mode == "sliding_window":
+        return sliding_window_probabilities(model, images, crop_size, scales=scales, flip=flip)
+    if mode == "center_crop":
+        images = center_crop(images, crop_size)
+    elif mode != "original":
+        raise ValueError(f"eval_mode must be 'original', 'center_crop' or 'sliding_window', got {mode!r}")
+    return multiscale_probabilities(model, images, scales, flip)

@@ -1,0 +1,56 @@
+"""Multi-scale ensembling of teacher predictions into pseudo-labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Network = Callable[[torch.Tensor], torch.Tensor]
+
+
+def multiscale_probabilities(
+    model: Network, images: torch.Tensor, scales: Sequence[float], flip: bool = False
+) -> torch.Tensor:
+    """Softmax probabilities averaged over input scales (and horizontal flips).
+
+    For each scale the images are resized bilinearly, the logits are resized back to the
+    input resolution, and their float32 softmax is averaged over all scales and flips.
+
+    Args:
+        model: maps ``B x 3 x h x w`` images to ``B x C x h x w`` logits for any ``h, w``.
+        images: ``B x 3 x H x W``.
+        scales: input scale factors, e.g. ``(0.75, 1.0, 1.25)``.
+        flip: also average the prediction of the horizontally flipped input.
+
+    Returns:
+        ``B x C x H x W`` float32 probabilities at the input resolution.
+    """
+    if len(scales) == 0:
+        raise ValueError("scales must name at least one scale")
+    size = images.shape[-2:]
+    total: torch.Tensor | None = None
+    count = 0
+    for scale in scales:
+        scaled = images
+        if scale != 1.0:
+            scaled = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+        views = [scaled, scaled.flip(-1)] if flip else [scaled]
+        for index, view in enumerate(views):
+            logits = model(view)
+            if index == 1:
+                logits = logits.flip(-1)
+            if logits.shape[-2:] != size:
+                logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+            probs = logits.float().softmax(dim=1)
+            total = probs if total is None else total + probs
+            count += 1
+    assert total is not None
+    return total / count
+
+
+def pseudo_labels(probabilities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Confidence (max probability) and pseudo-label (arg max) of ``B x C x H x W`` probabilities."""
+    confidence, pseudo_label = probabilities.max(dim=1)
+    return confidence, pseudo_label

@@ -1,0 +1,87 @@
+"""The one adapter between the method and a segmentation network.
+
+Everything smp-specific lives here: building a model by name, padding inputs to the
+encoder's output stride, and the encoder/decoder split used for feature perturbation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def build_smp_model(
+    arch: str, encoder_name: str, encoder_weights: str | None, num_classes: int, **kwargs: Any
+) -> nn.Module:
+    """Any segmentation-models-pytorch architecture by name (``smp.create_model``)."""
+    import segmentation_models_pytorch as smp
+
+    return smp.create_model(
+        arch=arch, encoder_name=encoder_name, encoder_weights=encoder_weights, classes=num_classes, **kwargs
+    )
+
+
+def _output_stride(net: nn.Module) -> int:
+    encoder = getattr(net, "encoder", None)
+    stride = getattr(encoder, "output_stride", None)
+    if getattr(net, "requires_divisible_input_shape", True) and isinstance(stride, int):
+        return stride
+    return 1
+
+
+class SegmentationNetwork(nn.Module):
+    """Wraps a network that maps ``B x 3 x H x W`` images to ``B x C x H x W`` logits.
+
+    Inputs whose size the network cannot take are padded on the bottom/right with zeros (the
+    mean colour after normalisation) to a multiple of ``pad_multiple`` and the logits are
+    cropped back, so any crop size works. ``pad_multiple`` defaults to an smp encoder's
+    output stride, and to 1 for other networks.
+    """
+
+    def __init__(self, net: nn.Module, pad_multiple: int | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.pad_multiple = pad_multiple or _output_stride(net)
+
+    @property
+    def encoder(self) -> nn.Module | None:
+        return getattr(self.net, "encoder", None)
+
+    def _pad(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        pad_h, pad_w = -height % self.pad_multiple, -width % self.pad_multiple
+        return F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        logits = self.net(self._pad(images))
+        if isinstance(logits, (tuple, list)):  # smp models with an auxiliary classification head
+            logits = logits[0]
+        return logits[..., :height, :width]
+
+    @property
+    def supports_feature_perturbation(self) -> bool:
+        return all(hasattr(self.net, name) for name in ("encoder", "decoder", "segmentation_head"))
+
+    def check_feature_perturbation(self) -> None:
+        """Raise a ``TypeError`` that says what is missing if the network has no encoder/decoder split."""
+        if not self.supports_feature_perturbation:
+            raise TypeError(
+                f"feature perturbation (fp_weight > 0) needs a network with `encoder`, `decoder` and "
+                f"`segmentation_head` attributes such that `segmentation_head(decoder(encoder(x)))` gives the "
+                f"logits, as smp models have; {type(self.net).__name__} does not. Set `fp_weight: 0` or pass "
+                f"a network that provides them."
+            )
+
+    def forward_perturbed(self, images: torch.Tensor, dropout: float = 0.5) -> torch.Tensor:
+        """UniMatch's feature-perturbation stream: logits decoded from the encoder features of
+        ``images`` with ``Dropout2d(dropout)`` applied to every feature map (the first,
+        input-resolution stage of smp encoders excepted)."""
+        self.check_feature_perturbation()
+        height, width = images.shape[-2:]
+        features = self.net.encoder(self._pad(images))
+        perturbed = [features[0]] + [F.dropout2d(f, dropout, training=True) for f in features[1:]]
+        return self.net.segmentation_head(self.net.decoder(perturbed))[..., :height, :width]
