@@ -34,21 +34,20 @@ def ohem_cross_entropy(
 ) -> torch.Tensor:
     """Online hard example mining CE (UniMatch's ``ProbOhemCrossEntropy2d`` for Cityscapes).
 
-    Keeps pixels whose probability of the true class is below ``thresh``; if fewer than
+    Keeps pixels whose probability of the true class is at most ``thresh``; if fewer than
     ``min_kept`` are that hard, the threshold is raised to the ``min_kept``-th smallest
-    probability. Ignored pixels (255) never count.
+    probability. Ignored pixels (255) never count; with ``min_kept`` 0 or above the number
+    of valid pixels, no pixel is dropped (the reference's behaviour).
     """
     target = target.long()
     valid = target != IGNORE_INDEX
     ce = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
     n_valid = int(valid.sum())
-    if 0 < n_valid and min_kept <= n_valid:
+    if 0 < min_kept <= n_valid:  # as the reference: no mining when min_kept is 0 or too large
         with torch.no_grad():
             true_class = target.masked_fill(~valid, 0).unsqueeze(1)
             prob = logits.float().softmax(1).gather(1, true_class).squeeze(1)
-            threshold = torch.tensor(thresh, device=prob.device)
-            if min_kept > 0:
-                threshold = torch.maximum(prob[valid].kthvalue(min_kept).values, threshold)
+            threshold = torch.maximum(prob[valid].kthvalue(min_kept).values, torch.tensor(thresh, device=prob.device))
             valid = valid & (prob <= threshold)
     return (ce * valid).sum() / valid.sum().clamp_min(1)
 

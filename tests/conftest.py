@@ -1,0 +1,28 @@
+import os
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download weights: fail fast if something tries
+
+TINY_MODEL = {
+    "arch": "Unet",
+    "encoder_name": "tu-mobilenetv3_small_050",
+    "encoder_weights": None,
+    "model_kwargs": {"encoder_depth": 5, "decoder_channels": [16, 16, 8, 8, 8]},  # every parameter used (DDP)
+}
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory):
+    """The demo dataset, generated once per test session into a temporary cache."""
+    from maskmatch_pl import build_demo_dataset
+
+    cache = tmp_path_factory.mktemp("cache")
+    build_demo_dataset(cache)
+    return cache
+
+
+@pytest.fixture
+def tiny_module_kwargs():
+    return dict(TINY_MODEL, num_classes=11, pseudo_label_scales=(0.75, 1.0), mask_patch_size=8)

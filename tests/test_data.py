@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskmatch_pl.data import DataFileError, DataSourceError, SampleReader, SemiSupervisedDataModule, load_samples
+from maskmatch_pl.data.demo import LABELED_FRACTIONS, TRAIN_CANVASES, build_demo_dataset
+
+
+def test_demo_dataset_is_deterministic_and_in_the_unimatch_layout(demo_cache, tmp_path):
+    root = build_demo_dataset(demo_cache)
+    for split, fraction in LABELED_FRACTIONS.items():
+        labeled = (root / "splits" / split / "labeled.txt").read_text().split("\n")
+        unlabeled = (root / "splits" / split / "unlabeled.txt").read_text().split("\n")
+        labeled, unlabeled = [x for x in labeled if x], [x for x in unlabeled if x]
+        assert len(labeled) == TRAIN_CANVASES // fraction
+        if fraction > 1:
+            assert not set(labeled) & set(unlabeled) and len(labeled) + len(unlabeled) == TRAIN_CANVASES
+    mask = np.asarray(Image.open(root / "masks" / "train_0000.png"))
+    assert set(np.unique(mask)) <= set(range(11)) | {255} and len(np.unique(mask)) >= 3
+    # a second build elsewhere gives the same bytes
+    other = build_demo_dataset(tmp_path)
+    assert (other / "images" / "val_0007.png").read_bytes() == (root / "images" / "val_0007.png").read_bytes()
+
+
+def test_datamodule_batches_follow_the_documented_format(demo_cache):
+    dm = SemiSupervisedDataModule(dataset="demo", cache_dir=str(demo_cache), crop_size=48, batch_size=4,
+                                  val_batch_size=3, num_workers=0, strong_views=2)
+    assert dm.num_classes == 11 and dm.class_names[1] == "digit_0"
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    batch = batch[0] if isinstance(batch, tuple) else batch
+    labeled, unlabeled = batch["labeled"], batch["unlabeled"]
+    assert labeled["image"].shape == (4, 3, 48, 48) and labeled["image"].dtype == torch.float32
+    assert labeled["mask"].shape == (4, 48, 48) and labeled["mask"].dtype == torch.int64
+    assert set(unlabeled) == {"image", "strong", "strong2", "ignore_mask"}
+    assert not torch.equal(unlabeled["strong"], unlabeled["strong2"])
+    assert len(dm._datasets["labeled"]) == len(dm._datasets["unlabeled"]) == 1875  # labeled list cycled
+    val = next(iter(dm.val_dataloader()))
+    assert val["image"].shape == (3, 3, 64, 64) and len(val["name"]) == 3
+
+
+def test_augmentations_are_a_function_of_seed_epoch_and_index(demo_cache):
+    dm = SemiSupervisedDataModule(dataset="demo", cache_dir=str(demo_cache), crop_size=48, num_workers=0)
+    dm.setup("fit")
+    dataset = dm._datasets["unlabeled"]
+    first, again = dataset[5], dataset[5]
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    dataset.set_epoch(1)
+    assert not torch.equal(first["strong"], dataset[5]["strong"])
+
+
+def _write_png(path, array, palette=False):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.asarray(array, dtype=np.uint8), mode="P" if palette else None)
+    image.save(path)
+
+
+def test_bad_inputs_name_the_file_and_the_problem(tmp_path):
+    reader = SampleReader(num_classes=3)
+    _write_png(tmp_path / "a.png", np.zeros((8, 8, 3)))
+    _write_png(tmp_path / "small.png", np.zeros((4, 8)))
+    _write_png(tmp_path / "bad_values.png", np.full((8, 8), 7))
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataFileError, match="small.png.*8x4.*8x8"):
+        reader.mask(tmp_path / "small.png", (8, 8, 3))
+    with pytest.raises(DataFileError, match=r"bad_values.png.*\[7\].*neither a class"):
+        reader.mask(tmp_path / "bad_values.png", (8, 8, 3))
+    with pytest.raises(DataFileError, match="broken.png.*cannot read"):
+        reader.image(tmp_path / "broken.png")
+    (tmp_path / "split.txt").write_text("a.png a.png\nmissing.jpg a.png\n")
+    with pytest.raises(DataSourceError, match=r"split.txt:2: .*missing.jpg does not exist"):
+        load_samples(tmp_path / "split.txt", tmp_path, need_masks=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataSourceError, match="empty: holds no images"):
+        load_samples(tmp_path / "empty", None, need_masks=False)
+
+
+def test_binary_masks_stored_as_0_255_map_to_classes(tmp_path):
+    _write_png(tmp_path / "m.png", np.array([[0, 255], [255, 0]]))
+    # without a mapping 255 means "ignore": the foreground would silently vanish from training
+    assert SampleReader(num_classes=2).mask(tmp_path / "m.png", (2, 2, 3)).tolist() == [[0, 255], [255, 0]]
+    assert SampleReader(num_classes=2, binary=True).mask(tmp_path / "m.png", (2, 2, 3)).tolist() == [[0, 1], [1, 0]]
+    assert SampleReader(num_classes=2, mask_mapping={255: 1}).mask(tmp_path / "m.png", (2, 2, 3)).tolist() == [[0, 1], [1, 0]]

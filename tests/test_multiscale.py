@@ -1,0 +1,41 @@
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskmatch_pl import multiscale_probabilities, pseudo_labels
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 3, padding=1)).eval()
+
+
+def test_scale_fusion_equals_a_manual_loop():
+    model, images = _model(), torch.randn(2, 3, 24, 20)
+    expected = torch.zeros(2, 5, 24, 20)
+    for scale in (0.75, 1.0, 1.25):
+        scaled = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False) if scale != 1 else images
+        for flip in (False, True):
+            view = scaled.flip(-1) if flip else scaled
+            logits = model(view)
+            logits = logits.flip(-1) if flip else logits
+            logits = F.interpolate(logits, size=(24, 20), mode="bilinear", align_corners=False)
+            expected += logits.softmax(1) / 6
+    with torch.no_grad():
+        got = multiscale_probabilities(model, images, (0.75, 1.0, 1.25), flip=True)
+        expected = expected.detach()
+    assert got.shape == (2, 5, 24, 20) and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got.sum(1), torch.ones(2, 24, 20))
+
+
+def test_single_scale_is_the_plain_softmax():
+    model, images = _model(), torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(multiscale_probabilities(model, images, [1.0]), model(images).softmax(1))
+
+
+def test_pseudo_labels_are_max_and_argmax():
+    probs = torch.tensor([[[[0.2]], [[0.7]], [[0.1]]]])
+    confidence, label = pseudo_labels(probs)
+    assert label.item() == 1 and abs(confidence.item() - 0.7) < 1e-6
