@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import yaml
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download weights: fail fast if something tries
@@ -11,6 +12,14 @@ TINY_MODEL = {
     "encoder_weights": None,
     "model_kwargs": {"encoder_depth": 5, "decoder_channels": [16, 16, 8, 8, 8]},  # every parameter used (DDP)
 }
+
+
+def tiny_model_args():
+    """CLI arguments that select the tiny test network."""
+    return [
+        f"--model.{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+        for key, value in TINY_MODEL.items()
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -11,28 +11,40 @@ from PIL import Image
 
 from maskmatch_pl.cli import main
 
-from .conftest import TINY_MODEL
+from .conftest import tiny_model_args
 
 CONFIGS = ["configs/demo.yaml", "configs/demo_fixmatch.yaml", "configs/demo_supervised.yaml"]
 
 
 def tiny_args(root, cache, extra=()):
-    model = [f"--model.{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-             for key, value in TINY_MODEL.items()]
     return [
-        *model,
-        f"--data.cache_dir={cache}", "--data.num_workers=0", "--data.batch_size=2", "--data.crop_size=48",
-        f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
-        "--trainer.enable_progress_bar=false", *extra,
+        *tiny_model_args(),
+        f"--data.cache_dir={cache}",
+        "--data.num_workers=0",
+        "--data.batch_size=2",
+        "--data.crop_size=48",
+        f"--trainer.default_root_dir={root}",
+        f"--trainer.logger.init_args.save_dir={root}",
+        "--trainer.enable_progress_bar=false",
+        *extra,
     ]
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, demo_cache):
     root = tmp_path_factory.mktemp("run")
-    main(["fit", "--config", "configs/demo.yaml", *tiny_args(root, demo_cache),
-          "--trainer.max_steps=3", "--trainer.limit_val_batches=2", "--trainer.val_check_interval=3",
-          "--trainer.log_every_n_steps=1"])
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/demo.yaml",
+            *tiny_args(root, demo_cache),
+            "--trainer.max_steps=3",
+            "--trainer.limit_val_batches=2",
+            "--trainer.val_check_interval=3",
+            "--trainer.log_every_n_steps=1",
+        ]
+    )
     return root
 
 
@@ -44,16 +56,32 @@ def _metrics(root):
 
 
 def test_fit_logs_losses_and_miou_and_saves_checkpoints(fitted):
-    assert {"train/loss", "train/loss_sup", "train/loss_strong", "train/loss_masked", "train/confident_fraction",
-            "val/mIoU", "val/IoU_digit_7"} <= _metrics(fitted)
+    assert {
+        "train/loss",
+        "train/loss_sup",
+        "train/loss_strong",
+        "train/loss_masked",
+        "train/confident_fraction",
+        "val/mIoU",
+        "val/IoU_digit_7",
+    } <= _metrics(fitted)
     assert list(fitted.rglob("last.ckpt")) and list(fitted.rglob("config.yaml"))
 
 
 @pytest.mark.parametrize("command", ["validate", "test"])
 def test_validate_and_test_from_the_checkpoint(fitted, demo_cache, tmp_path, command):
     ckpt = next(fitted.rglob("last.ckpt"))
-    main([command, "--config", "configs/demo.yaml", *tiny_args(tmp_path, demo_cache),
-          "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2", f"--ckpt_path={ckpt}"])
+    main(
+        [
+            command,
+            "--config",
+            "configs/demo.yaml",
+            *tiny_args(tmp_path, demo_cache),
+            "--trainer.limit_val_batches=2",
+            "--trainer.limit_test_batches=2",
+            f"--ckpt_path={ckpt}",
+        ]
+    )
     stage = "val" if command == "validate" else "test"
     assert f"{stage}/mIoU" in _metrics(tmp_path)
 
@@ -62,11 +90,20 @@ def test_predict_writes_palette_masks_of_the_input_size_and_never_overwrites(fit
     images = tmp_path / "photos"
     images.mkdir()
     for index, size in enumerate([(40, 30), (64, 64)]):
-        Image.fromarray(np.random.default_rng(index).integers(0, 255, (*size, 3), dtype=np.uint8)).save(images / f"p{index}.jpg")
+        Image.fromarray(np.random.default_rng(index).integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+            images / f"p{index}.jpg"
+        )
     out = tmp_path / "out"
-    args = ["predict", "--config", "configs/demo.yaml", *tiny_args(tmp_path / "logs", demo_cache),
-            f"--data.predict={images}", f"--prediction.output_dir={out}", "--prediction.overlay=true",
-            f"--ckpt_path={next(fitted.rglob('last.ckpt'))}"]
+    args = [
+        "predict",
+        "--config",
+        "configs/demo.yaml",
+        *tiny_args(tmp_path / "logs", demo_cache),
+        f"--data.predict={images}",
+        f"--prediction.output_dir={out}",
+        "--prediction.overlay=true",
+        f"--ckpt_path={next(fitted.rglob('last.ckpt'))}",
+    ]
     main(args)
     mask = Image.open(out / "p0.png")
     assert mask.mode == "P" and mask.size == (30, 40)
@@ -81,16 +118,33 @@ def test_predict_writes_palette_masks_of_the_input_size_and_never_overwrites(fit
 
 
 def test_help_lists_the_subcommands():
-    result = subprocess.run([sys.executable, "-m", "maskmatch_pl.cli", "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "maskmatch_pl.cli", "--help"], capture_output=True, text=True, check=True
+    )
     for command in ("fit", "validate", "test", "predict"):
         assert command in result.stdout
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_print_config_shows_every_method_knob(config):
-    result = subprocess.run([sys.executable, "-m", "maskmatch_pl.cli", "fit", "--config", config, "--print_config"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "maskmatch_pl.cli", "fit", "--config", config, "--print_config"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     printed = yaml.safe_load(result.stdout)
-    for knob in ("mask_ratio", "mask_patch_size", "masked_weight", "strong_weight", "pseudo_label_scales",
-                 "conf_threshold", "teacher", "ema_momentum", "cutmix_prob", "eval_mode", "student_forward"):
+    for knob in (
+        "mask_ratio",
+        "mask_patch_size",
+        "masked_weight",
+        "strong_weight",
+        "pseudo_label_scales",
+        "conf_threshold",
+        "teacher",
+        "ema_momentum",
+        "cutmix_prob",
+        "eval_mode",
+        "student_forward",
+    ):
         assert knob in printed["model"], knob

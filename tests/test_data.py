@@ -24,8 +24,15 @@ def test_demo_dataset_is_deterministic_and_in_the_unimatch_layout(demo_cache, tm
 
 
 def test_datamodule_batches_follow_the_documented_format(demo_cache):
-    dm = SemiSupervisedDataModule(dataset="demo", cache_dir=str(demo_cache), crop_size=48, batch_size=4,
-                                  val_batch_size=3, num_workers=0, strong_views=2)
+    dm = SemiSupervisedDataModule(
+        dataset="demo",
+        cache_dir=str(demo_cache),
+        crop_size=48,
+        batch_size=4,
+        val_batch_size=3,
+        num_workers=0,
+        strong_views=2,
+    )
     assert dm.num_classes == 11 and dm.class_names[1] == "digit_0"
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -81,4 +88,7 @@ def test_binary_masks_stored_as_0_255_map_to_classes(tmp_path):
     # without a mapping 255 means "ignore": the foreground would silently vanish from training
     assert SampleReader(num_classes=2).mask(tmp_path / "m.png", (2, 2, 3)).tolist() == [[0, 255], [255, 0]]
     assert SampleReader(num_classes=2, binary=True).mask(tmp_path / "m.png", (2, 2, 3)).tolist() == [[0, 1], [1, 0]]
-    assert SampleReader(num_classes=2, mask_mapping={255: 1}).mask(tmp_path / "m.png", (2, 2, 3)).tolist() == [[0, 1], [1, 0]]
+    assert SampleReader(num_classes=2, mask_mapping={255: 1}).mask(tmp_path / "m.png", (2, 2, 3)).tolist() == [
+        [0, 1],
+        [1, 0],
+    ]

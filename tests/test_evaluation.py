@@ -28,9 +28,9 @@ def brute_force_sliding_window(model, images, window, stride):
         lefts.append(width - window)
     for top in tops:
         for left in lefts:
-            logits = model(images[:, :, top:top + window, left:left + window])
-            total[:, :, top:top + window, left:left + window] += logits.softmax(1)
-            count[top:top + window, left:left + window] += 1
+            logits = model(images[:, :, top : top + window, left : left + window])
+            total[:, :, top : top + window, left : left + window] += logits.softmax(1)
+            count[top : top + window, left : left + window] += 1
     assert (count > 0).all()
     return total, count
 
@@ -57,6 +57,8 @@ def test_original_and_center_crop_modes():
     torch.testing.assert_close(predict_probabilities(model, images, "original"), model(images).softmax(1))
     cropped = predict_probabilities(model, images, "center_crop", crop_size=32)
     torch.testing.assert_close(cropped, model(images[:, :, 4:36, 9:41]).softmax(1))
-    assert torch.equal(center_crop(torch.arange(40 * 50).view(40, 50), 32), torch.arange(40 * 50).view(40, 50)[4:36, 9:41])
+    assert torch.equal(
+        center_crop(torch.arange(40 * 50).view(40, 50), 32), torch.arange(40 * 50).view(40, 50)[4:36, 9:41]
+    )
     with pytest.raises(ValueError, match="eval_mode"):
         predict_probabilities(model, images, "bogus")

@@ -78,4 +78,6 @@ def test_ohem_matches_the_reference(thresh, min_kept):
     pred = torch.randn(2, 5, 8, 9, generator=generator) * 2
     target = torch.randint(0, 5, (2, 8, 9), generator=generator)
     target[0, :2] = 255
-    torch.testing.assert_close(ohem_cross_entropy(pred, target, thresh, min_kept), reference_ohem(pred, target, thresh, min_kept))
+    torch.testing.assert_close(
+        ohem_cross_entropy(pred, target, thresh, min_kept), reference_ohem(pred, target, thresh, min_kept)
+    )

@@ -6,8 +6,10 @@ import torch
 from maskmatch_pl import apply_patch_mask, random_patch_mask
 
 
-@pytest.mark.parametrize(("height", "width", "patch", "ratio"), [(64, 64, 8, 0.7), (50, 37, 16, 0.7), (33, 97, 32, 0.5),
-                                                                  (64, 64, 8, 0.0), (64, 64, 8, 1.0), (20, 20, 7, 0.3)])
+@pytest.mark.parametrize(
+    ("height", "width", "patch", "ratio"),
+    [(64, 64, 8, 0.7), (50, 37, 16, 0.7), (33, 97, 32, 0.5), (64, 64, 8, 0.0), (64, 64, 8, 1.0), (20, 20, 7, 0.3)],
+)
 def test_exact_hidden_patch_count_per_image(height, width, patch, ratio):
     visible = random_patch_mask(6, height, width, patch, ratio, generator=torch.Generator().manual_seed(1))
     assert visible.shape == (6, 1, height, width) and visible.dtype == torch.bool

@@ -9,12 +9,16 @@ from maskmatch_pl import BatchFormatError, MaskMatchModule
 
 def make_batch(batch=4, size=32, strong_views=1, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    labeled = {"image": torch.randn(batch, 3, size, size, generator=generator),
-               "mask": torch.randint(0, 11, (batch, size, size), generator=generator)}
+    labeled = {
+        "image": torch.randn(batch, 3, size, size, generator=generator),
+        "mask": torch.randint(0, 11, (batch, size, size), generator=generator),
+    }
     labeled["mask"][:, :2] = 255
-    unlabeled = {"image": torch.randn(batch, 3, size, size, generator=generator),
-                 "strong": torch.randn(batch, 3, size, size, generator=generator),
-                 "ignore_mask": torch.zeros(batch, size, size, dtype=torch.long)}
+    unlabeled = {
+        "image": torch.randn(batch, 3, size, size, generator=generator),
+        "strong": torch.randn(batch, 3, size, size, generator=generator),
+        "ignore_mask": torch.zeros(batch, size, size, dtype=torch.long),
+    }
     if strong_views == 2:
         unlabeled["strong2"] = torch.randn(batch, 3, size, size, generator=generator)
     return {"labeled": labeled, "unlabeled": unlabeled}
@@ -28,15 +32,18 @@ def run_step(module, batch):
     return loss, logged
 
 
-@pytest.mark.parametrize(("overrides", "expected"), [
-    ({}, {"sup", "strong", "masked"}),
-    ({"masked_weight": 0.0, "pseudo_label_scales": [1.0]}, {"sup", "strong"}),  # FixMatch
-    ({"strong_weight": 0.0, "masked_weight": 0.0}, {"sup"}),  # supervised baseline
-    ({"strong_weight": 0.0}, {"sup", "masked"}),
-    ({"masked_view": "weak", "teacher": "ema"}, {"sup", "strong", "masked"}),
-    ({"strong_views": 2, "fp_weight": 0.25, "strong_weight": 0.25}, {"sup", "strong", "fp"}),
-    ({"student_forward": "sequential", "pseudo_label_flip": True}, {"sup", "strong", "masked"}),
-])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, {"sup", "strong", "masked"}),
+        ({"masked_weight": 0.0, "pseudo_label_scales": [1.0]}, {"sup", "strong"}),  # FixMatch
+        ({"strong_weight": 0.0, "masked_weight": 0.0}, {"sup"}),  # supervised baseline
+        ({"strong_weight": 0.0}, {"sup", "masked"}),
+        ({"masked_view": "weak", "teacher": "ema"}, {"sup", "strong", "masked"}),
+        ({"strong_views": 2, "fp_weight": 0.25, "strong_weight": 0.25}, {"sup", "strong", "fp"}),
+        ({"student_forward": "sequential", "pseudo_label_flip": True}, {"sup", "strong", "masked"}),
+    ],
+)
 def test_each_part_can_be_switched_off_and_logs_only_what_applies(tiny_module_kwargs, overrides, expected):
     module = MaskMatchModule(**{**tiny_module_kwargs, **overrides})
     if overrides.get("strong_views") == 2:
@@ -44,8 +51,12 @@ def test_each_part_can_be_switched_off_and_logs_only_what_applies(tiny_module_kw
         expected = expected - {"masked"}
     loss, logged = run_step(module, make_batch(strong_views=overrides.get("strong_views", 1)))
     assert {name.removeprefix("train/loss_") for name in logged if name.startswith("train/loss_")} == expected
-    weights = {"sup": module.hparams.sup_weight, "strong": module.hparams.strong_weight,
-               "masked": module.hparams.masked_weight, "fp": module.hparams.fp_weight}
+    weights = {
+        "sup": module.hparams.sup_weight,
+        "strong": module.hparams.strong_weight,
+        "masked": module.hparams.masked_weight,
+        "fp": module.hparams.fp_weight,
+    }
     assert loss.item() == pytest.approx(sum(weights[n] * logged[f"train/loss_{n}"] for n in expected), rel=1e-5)
     assert ("train/confident_fraction" in logged) == (expected != {"sup"})
     assert all(p.grad is not None for p in module.network.parameters() if p.requires_grad)
@@ -60,7 +71,9 @@ def test_concat_and_sequential_student_passes_agree_in_eval_mode(tiny_module_kwa
 
 
 def test_any_module_mapping_images_to_logits_can_be_wrapped_and_padded():
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU(), nn.Conv2d(8, 11, 1), nn.Upsample(scale_factor=4))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU(), nn.Conv2d(8, 11, 1), nn.Upsample(scale_factor=4)
+    )
     module = MaskMatchModule(model=net, num_classes=11, pad_multiple=4, pseudo_label_scales=[1.0])
     assert module(torch.randn(1, 3, 30, 31)).shape == (1, 11, 30, 31)
     run_step(module, make_batch(size=30))
@@ -103,4 +116,6 @@ def test_ema_teacher_follows_the_student_and_is_saved(tiny_module_kwargs):
 
     ema_update(module.teacher_network, module.network, 0.9)
     name = next(iter(student))
-    torch.testing.assert_close(module.teacher_network.get_parameter(name), 0.9 * teacher_before[name] + 0.1 * student[name])
+    torch.testing.assert_close(
+        module.teacher_network.get_parameter(name), 0.9 * teacher_before[name] + 0.1 * student[name]
+    )

@@ -14,7 +14,9 @@ def test_scale_fusion_equals_a_manual_loop():
     model, images = _model(), torch.randn(2, 3, 24, 20)
     expected = torch.zeros(2, 5, 24, 20)
     for scale in (0.75, 1.0, 1.25):
-        scaled = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False) if scale != 1 else images
+        scaled = (
+            F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False) if scale != 1 else images
+        )
         for flip in (False, True):
             view = scaled.flip(-1) if flip else scaled
             logits = model(view)

@@ -14,7 +14,10 @@ def test_ema_momentum_warm_up():
 
 def test_ema_update_arithmetic_on_parameters_and_buffers():
     torch.manual_seed(0)
-    student, teacher = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3)), nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3))
+    student, teacher = (
+        nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3)),
+        nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3)),
+    )
     student[1].running_mean.fill_(2.0)
     student[1].num_batches_tracked.fill_(7)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -34,13 +37,16 @@ def test_cutmix_boxes_follow_the_reference_ranges():
     assert areas[with_box].max() <= 0.4 + 1e-6 and areas[with_box].min() >= 0.01  # int() floors the sides
     for box in boxes[with_box][:20]:  # each is one solid rectangle
         rows, cols = box.any(1).nonzero(), box.any(0).nonzero()
-        assert box[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+        assert box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
     assert not cutmix_boxes(8, 16, 16, p=0.0, generator=generator).any()
     assert cutmix_boxes(8, 16, 16, p=1.0, generator=generator).flatten(1).any(1).all()
 
 
 def test_paste_mixes_images_and_maps_alike():
-    images, labels = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 2, 4, 4), torch.arange(3).view(3, 1, 1).expand(3, 4, 4)
+    images, labels = (
+        torch.arange(3.0).view(3, 1, 1, 1).expand(3, 2, 4, 4),
+        torch.arange(3).view(3, 1, 1).expand(3, 4, 4),
+    )
     boxes = torch.zeros(3, 4, 4, dtype=torch.bool)
     boxes[:, :2, :2] = True
     partner = partner_indices(3)

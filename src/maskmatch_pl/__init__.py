@@ -18,8 +18,23 @@ from .teacher import ema_momentum, ema_update  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchFormatError", "MaskMatchModule", "SegmentationNetwork", "SemiSupervisedDataModule", "apply_patch_mask",
-    "build_demo_dataset", "check_batch", "consistency_loss", "cutmix_boxes", "ema_momentum", "ema_update",
-    "multiscale_probabilities", "ohem_cross_entropy", "partner_indices", "paste", "predict_probabilities",
-    "pseudo_labels", "random_patch_mask", "sliding_window_probabilities",
+    "BatchFormatError",
+    "MaskMatchModule",
+    "SegmentationNetwork",
+    "SemiSupervisedDataModule",
+    "apply_patch_mask",
+    "build_demo_dataset",
+    "check_batch",
+    "consistency_loss",
+    "cutmix_boxes",
+    "ema_momentum",
+    "ema_update",
+    "multiscale_probabilities",
+    "ohem_cross_entropy",
+    "partner_indices",
+    "paste",
+    "predict_probabilities",
+    "pseudo_labels",
+    "random_patch_mask",
+    "sliding_window_probabilities",
 ]

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from PIL import Image
 from torch import nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from .batch import check_batch
 from .cutmix import cutmix_boxes, partner_indices, paste
+from .data.presets import palette_for
 from .evaluation import EvalMode, center_crop, predict_probabilities
 from .losses import consistency_loss, supervised_loss
 from .masking import apply_patch_mask, random_patch_mask
@@ -20,6 +25,7 @@ from .multiscale import multiscale_probabilities, pseudo_labels
 from .network import SegmentationNetwork, build_smp_model
 from .optim import build_optimizer, poly_schedule
 from .teacher import ema_momentum, ema_update
+from .visualize import panel
 
 STRONG_KEYS = ("strong", "strong2")
 
@@ -61,6 +67,9 @@ class MaskMatchModule(L.LightningModule):
             decoder/head at ``lr * lr_multi``, poly decay per step.
         eval_mode, eval_crop_size, eval_scales, eval_flip: validation/test protocol.
         class_names: names for per-class IoU logs (linked from the data module).
+        log_panels: at each validation, log a panel of this many val images: image, ground
+            truth, prediction, teacher pseudo-label (black below ``conf_threshold``); to
+            TensorBoard if it is the logger, else as PNG files under the log dir. 0: off.
     """
 
     def __init__(
@@ -103,6 +112,7 @@ class MaskMatchModule(L.LightningModule):
         eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
         class_names: list[str] | None = None,
+        log_panels: int = 4,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
@@ -110,8 +120,10 @@ class MaskMatchModule(L.LightningModule):
             raise ValueError("loss weights must be >= 0")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
-        net = model if model is not None else build_smp_model(
-            arch, encoder_name, encoder_weights, num_classes, **(model_kwargs or {})
+        net = (
+            model
+            if model is not None
+            else build_smp_model(arch, encoder_name, encoder_weights, num_classes, **(model_kwargs or {}))
         )
         self.network = SegmentationNetwork(net, pad_multiple)
         if fp_weight > 0:
@@ -146,7 +158,9 @@ class MaskMatchModule(L.LightningModule):
         was_training = teacher.training
         teacher.eval()
         try:
-            return multiscale_probabilities(teacher, images, self.hparams.pseudo_label_scales, self.hparams.pseudo_label_flip)
+            return multiscale_probabilities(
+                teacher, images, self.hparams.pseudo_label_scales, self.hparams.pseudo_label_flip
+            )
         finally:
             teacher.train(was_training and teacher is self.network)
 
@@ -206,7 +220,9 @@ class MaskMatchModule(L.LightningModule):
         # 3. masked modeling: a patch-masked copy of the strong (or weak) view, same targets
         use_masked = hp.masked_weight > 0
         if use_masked:
-            source, masked_targets = (strong_views[0], strong_targets[0]) if hp.masked_view == "strong" else (weak, weak_targets)
+            source, masked_targets = (
+                (strong_views[0], strong_targets[0]) if hp.masked_view == "strong" else (weak, weak_targets)
+            )
             masked_view = self._masked_copy(source, rng)
 
         # 4. the student on all views
@@ -224,8 +240,11 @@ class MaskMatchModule(L.LightningModule):
 
         pseudo, conf, ignored = strong_targets[0]
         valid = ignored != 255
-        self.log("train/confident_fraction", ((conf >= hp.conf_threshold) & valid).sum() / valid.sum().clamp_min(1),
-                 batch_size=len(weak))
+        self.log(
+            "train/confident_fraction",
+            ((conf >= hp.conf_threshold) & valid).sum() / valid.sum().clamp_min(1),
+            batch_size=len(weak),
+        )
         return self._log_losses(losses, batch_size=len(labeled["image"]))
 
     def _consistency(self, logits: torch.Tensor, targets: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -239,8 +258,12 @@ class MaskMatchModule(L.LightningModule):
         return {"kind": "ce"}
 
     def _log_losses(self, losses: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
-        weights = {"sup": self.hparams.sup_weight, "strong": self.hparams.strong_weight,
-                   "masked": self.hparams.masked_weight, "fp": self.hparams.fp_weight}
+        weights = {
+            "sup": self.hparams.sup_weight,
+            "strong": self.hparams.strong_weight,
+            "masked": self.hparams.masked_weight,
+            "fp": self.hparams.fp_weight,
+        }
         total = sum(weights[name] * value for name, value in losses.items())
         for name, value in losses.items():
             self.log(f"train/loss_{name}", value, batch_size=batch_size)
@@ -252,7 +275,9 @@ class MaskMatchModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.teacher_network is not None:
-            ema_update(self.teacher_network, self.network, ema_momentum(self.global_step - 1, self.hparams.ema_momentum))
+            ema_update(
+                self.teacher_network, self.network, ema_momentum(self.global_step - 1, self.hparams.ema_momentum)
+            )
 
     def train(self, mode: bool = True) -> MaskMatchModule:
         super().train(mode)
@@ -262,9 +287,7 @@ class MaskMatchModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        optimizer = build_optimizer(
-            self.network, hp.optimizer, hp.lr, hp.lr_multi, hp.weight_decay, hp.momentum
-        )
+        optimizer = build_optimizer(self.network, hp.optimizer, hp.lr, hp.lr_multi, hp.weight_decay, hp.momentum)
         scheduler = poly_schedule(optimizer, int(self.trainer.estimated_stepping_batches), hp.poly_power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -272,9 +295,30 @@ class MaskMatchModule(L.LightningModule):
     def _evaluate(self, batch: dict[str, Any], batch_idx: int, metric: MulticlassJaccardIndex, stage: str) -> None:
         hp = self.hparams
         check_batch(batch, stage, label_maps=("mask",), num_classes=hp.num_classes, check_values=batch_idx == 0)
-        probs = predict_probabilities(self.network, batch["image"], hp.eval_mode, hp.eval_crop_size, hp.eval_scales, hp.eval_flip)
+        probs = predict_probabilities(
+            self.network, batch["image"], hp.eval_mode, hp.eval_crop_size, hp.eval_scales, hp.eval_flip
+        )
         mask = center_crop(batch["mask"], hp.eval_crop_size) if hp.eval_mode == "center_crop" else batch["mask"]
         metric.update(probs.argmax(1), mask)
+        if stage == "val" and batch_idx == 0 and hp.log_panels > 0 and not self.trainer.sanity_checking:
+            self._log_panel(batch["image"][: hp.log_panels], batch["mask"][: hp.log_panels], probs[: hp.log_panels])
+
+    @rank_zero_only
+    def _log_panel(self, images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor) -> None:
+        """Image / ground truth / prediction / teacher pseudo-label, to the configured logger."""
+        if self.hparams.eval_mode != "original" or probs.shape[-2:] != images.shape[-2:]:
+            return
+        confidence, pseudo_label = pseudo_labels(self.teacher_probabilities(images))
+        pseudo_label = pseudo_label.masked_fill(confidence < self.hparams.conf_threshold, 255)
+        palette = getattr(self.trainer.datamodule, "palette", None) or palette_for(self.hparams.num_classes)
+        picture = panel(images, [masks, probs.argmax(1), pseudo_label], palette)
+        logger = self.logger
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image("val/panel", picture, self.global_step, dataformats="HWC")
+        elif logger is not None and logger.log_dir is not None:
+            folder = Path(logger.log_dir) / "panels"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(picture).save(folder / f"val_step{self.global_step:07d}.png")
 
     def _log_iou(self, metric: MulticlassJaccardIndex, stage: str) -> None:
         iou = metric.compute()
@@ -283,6 +327,15 @@ class MaskMatchModule(L.LightningModule):
         for name, value in zip(names, iou):
             self.log(f"{stage}/IoU_{name}", value)
         metric.reset()
+
+    def on_validation_start(self) -> None:
+        hp = self.hparams
+        rank_zero_info(
+            f"evaluation: eval_mode={hp.eval_mode}, crop {hp.eval_crop_size}, scales {list(hp.eval_scales)}, "
+            f"flip {hp.eval_flip}; mIoU = sum of intersections / sum of unions over the whole set"
+        )
+
+    on_test_start = on_validation_start
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, self.val_iou, "val")
@@ -301,5 +354,7 @@ class MaskMatchModule(L.LightningModule):
         hp = self.hparams
         check_batch(batch, "predict")
         mode = "original" if hp.eval_mode == "center_crop" else hp.eval_mode
-        probs = predict_probabilities(self.network, batch["image"], mode, hp.eval_crop_size, hp.eval_scales, hp.eval_flip)
+        probs = predict_probabilities(
+            self.network, batch["image"], mode, hp.eval_crop_size, hp.eval_scales, hp.eval_flip
+        )
         return {"prediction": probs.argmax(1), "name": batch.get("name"), "size": batch.get("size")}

@@ -16,12 +16,23 @@ from torch import nn
 def build_smp_model(
     arch: str, encoder_name: str, encoder_weights: str | None, num_classes: int, **kwargs: Any
 ) -> nn.Module:
-    """Any segmentation-models-pytorch architecture by name (``smp.create_model``)."""
+    """Any segmentation-models-pytorch architecture by name (``smp.create_model``).
+
+    ``encoder_weights="packaged"`` loads ImageNet weights shipped in a pip package (see
+    :mod:`maskmatch_pl.pretrained`); ``None`` is random init; other names download from the hub.
+    """
     import segmentation_models_pytorch as smp
 
-    return smp.create_model(
-        arch=arch, encoder_name=encoder_name, encoder_weights=encoder_weights, classes=num_classes, **kwargs
+    packaged = encoder_weights == "packaged"
+    model = smp.create_model(
+        arch=arch, encoder_name=encoder_name, encoder_weights=None if packaged else encoder_weights,
+        classes=num_classes, **kwargs,
     )
+    if packaged:
+        from .pretrained import load_packaged_encoder_weights
+
+        load_packaged_encoder_weights(model, encoder_name)
+    return model
 
 
 def _output_stride(net: nn.Module) -> int:

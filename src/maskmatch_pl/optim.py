@@ -42,7 +42,9 @@ def build_optimizer(
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
 
 
-def poly_schedule(optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9) -> torch.optim.lr_scheduler.LambdaLR:
+def poly_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9
+) -> torch.optim.lr_scheduler.LambdaLR:
     """``lr_t = lr_0 * (1 - t / total_steps) ** power``, stepped per iteration."""
     total_steps = max(int(total_steps), 1)
     return torch.optim.lr_scheduler.LambdaLR(

@@ -17,7 +17,7 @@ from .data.presets import voc_palette
 def colorize(mask: np.ndarray, palette: Sequence[tuple[int, int, int]]) -> Image.Image:
     """A class-index mask as a palette (mode ``P``) PNG image; 255 keeps the VOC ignore colour."""
     image = Image.fromarray(mask.astype(np.uint8), mode="P")
-    full = list(palette) + voc_palette(256)[len(palette):]
+    full = list(palette) + voc_palette(256)[len(palette) :]
     image.putpalette([value for colour in full[:256] for value in colour])
     return image
 
@@ -41,12 +41,22 @@ class PredictionWriter(BasePredictionWriter):
     def _target(self, name: str, suffix: str) -> Path:
         path = self.output_dir / f"{Path(name).stem}{suffix}"
         if path.exists() and not self.overwrite:
-            raise FileExistsError(f"{path} exists; set --prediction.overwrite true to replace it, or choose "
-                                  f"another --prediction.output_dir")
+            raise FileExistsError(
+                f"{path} exists; set --prediction.overwrite true to replace it, or choose "
+                f"another --prediction.output_dir"
+            )
         return path
 
-    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: dict[str, Any],
-                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: dict[str, Any],
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         palette = getattr(trainer.datamodule, "palette", None) or voc_palette(256)
         masks = prediction["prediction"].cpu().numpy()

@@ -6,6 +6,15 @@ from .demo import build_demo_dataset
 from .sources import DataSourceError, Sample, load_samples
 
 __all__ = [
-    "DataFileError", "DataSourceError", "EvalDataset", "LabeledDataset", "Sample", "SampleReader",
-    "SemiSupervisedDataModule", "UnlabeledDataset", "build_demo_dataset", "load_samples", "pad_collate",
+    "DataFileError",
+    "DataSourceError",
+    "EvalDataset",
+    "LabeledDataset",
+    "Sample",
+    "SampleReader",
+    "SemiSupervisedDataModule",
+    "UnlabeledDataset",
+    "build_demo_dataset",
+    "load_samples",
+    "pad_collate",
 ]

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from .datasets import EvalDataset, LabeledDataset, SampleReader, UnlabeledDataset, pad_collate
 from .demo import build_demo_dataset
 from .presets import PRESETS, palette_for
-from .samplers import EpochShuffleSampler, ShardSampler
+from .samplers import EpochShuffleSampler, ResumableDataLoader, ShardSampler
 from .sources import Sample, load_samples
 
 DatasetName = Literal["demo", "pascal", "cityscapes", "custom"]
@@ -44,6 +44,8 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         num_workers: loader worker processes.
         strong_views: strong views per unlabeled image (2 for UniMatch).
         mask_mapping, binary: stored mask value -> class (``{255: 1}``), or non-zero -> 1.
+        verify: before training, read every labeled/val/test mask and every image header, so
+            that a bad file stops the run at once with its name (not hours in).
         cache_dir: where the demo dataset is generated (default ``$MASKMATCH_PL_CACHE`` or
             ``~/.cache/maskmatch_pl``).
     """
@@ -71,6 +73,7 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         mask_mapping: dict[int, int] | None = None,
         binary: bool = False,
         cache_dir: str | None = None,
+        verify: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(split, int):
@@ -79,7 +82,9 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         preset = PRESETS.get(dataset)
         self.num_classes = num_classes or (2 if binary else None) or (preset.num_classes if preset else None)
         if self.num_classes is None:
-            raise ValueError("data.num_classes is required for a custom dataset (e.g. `num_classes: 2` for binary masks)")
+            raise ValueError(
+                "data.num_classes is required for a custom dataset (e.g. `num_classes: 2` for binary masks)"
+            )
         names = class_names or (preset.class_names if preset and preset.num_classes == self.num_classes else None)
         self.class_names = names or [str(i) for i in range(self.num_classes)]
         if len(self.class_names) != self.num_classes:
@@ -89,6 +94,8 @@ class SemiSupervisedDataModule(L.LightningDataModule):
             self.hparams.split = "1_16"
         self.reader = SampleReader(self.num_classes, mask_mapping, binary)
         self._datasets: dict[str, Dataset] = {}
+        self._train_loaders: list[ResumableDataLoader] = []
+        self._resume_position = (0, 0)  # (epoch, batches done) restored from a checkpoint
 
     # ---------------------------------------------------------------- sources
     @property
@@ -106,7 +113,9 @@ class SemiSupervisedDataModule(L.LightningDataModule):
             return self._source("val")
         if stage == "predict":
             return None
-        splits_dir = Path(hp.splits_dir).expanduser() if hp.splits_dir else (self.root / "splits" if self.root else None)
+        splits_dir = (
+            Path(hp.splits_dir).expanduser() if hp.splits_dir else (self.root / "splits" if self.root else None)
+        )
         if splits_dir is None or (hp.split is None and stage != "val"):
             return None
         return splits_dir / "val.txt" if stage == "val" else splits_dir / hp.split / f"{stage}.txt"
@@ -116,10 +125,21 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         source = self._source(stage)
         if source is None:
             raise ValueError(f"no {stage} data: set data.{stage} (a split file or folder) or data.split and data.root")
-        if not Path(source).exists() and self.hparams.split and self.hparams.split.isdigit() and len(self.hparams.split) > 2:
-            raise ValueError(f"{source} does not exist; note that YAML reads 1_16 as the number 116, so quote "
-                             f"split names with an underscore: split: '1_16'")
-        return load_samples(source, self.root, need_masks=stage in ("labeled", "val", "test"))
+        if (
+            not Path(source).exists()
+            and self.hparams.split
+            and self.hparams.split.isdigit()
+            and len(self.hparams.split) > 2
+        ):
+            raise ValueError(
+                f"{source} does not exist; note that YAML reads 1_16 as the number 116, so quote "
+                f"split names with an underscore: split: '1_16'"
+            )
+        samples = load_samples(source, self.root, need_masks=stage in ("labeled", "val", "test"))
+        if self.hparams.verify:
+            for sample in samples:
+                self.reader.verify(sample)
+        return samples
 
     def prepare_data(self) -> None:
         if self.hparams.dataset == "demo" and self.hparams.root is None:
@@ -130,9 +150,13 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         if stage == "fit":
             unlabeled = self.samples("unlabeled") if self._source("unlabeled") else []
             labeled = self.samples("labeled")
-            self._datasets["labeled"] = LabeledDataset(labeled, self.reader, hp.crop_size, hp.scale_range, len(unlabeled))
+            self._datasets["labeled"] = LabeledDataset(
+                labeled, self.reader, hp.crop_size, hp.scale_range, len(unlabeled)
+            )
             if unlabeled:
-                self._datasets["unlabeled"] = UnlabeledDataset(unlabeled, self.reader, hp.crop_size, hp.scale_range, hp.strong_views)
+                self._datasets["unlabeled"] = UnlabeledDataset(
+                    unlabeled, self.reader, hp.crop_size, hp.scale_range, hp.strong_views
+                )
         if stage in ("fit", "validate"):
             self._datasets["val"] = EvalDataset(self.samples("val"), self.reader)
         if stage == "test":
@@ -152,9 +176,14 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         else:
             sampler = ShardSampler(dataset, world_size, rank)
         workers = self.hparams.num_workers
-        return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=workers,
-            collate_fn=None if train else pad_collate, persistent_workers=workers > 0,
+        return (ResumableDataLoader if train else DataLoader)(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=train,
+            num_workers=workers,
+            collate_fn=None if train else pad_collate,
+            persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
@@ -165,7 +194,24 @@ class SemiSupervisedDataModule(L.LightningDataModule):
             loaders["unlabeled"] = self._loader(
                 self._datasets["unlabeled"], hp.unlabeled_batch_size or hp.batch_size, train=True
             )
+        self._train_loaders = list(loaders.values())
+        for loader in self._train_loaders:
+            loader.resume(*self._resume_position)
         return CombinedLoader(loaders, mode="max_size_cycle")
+
+    # ---------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, int]:
+        """The data position, saved in checkpoints: the epoch and the batches of it already
+        trained on (not those prefetched), so that ``--ckpt_path`` resumes mid-epoch exactly."""
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume_position = (int(state_dict.get("epoch", 0)), int(state_dict.get("batches_done", 0)))
+        for loader in self._train_loaders:
+            loader.resume(*self._resume_position)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._datasets["val"], self.hparams.val_batch_size, train=False)

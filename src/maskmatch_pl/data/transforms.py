@@ -19,22 +19,28 @@ def weak_transform(crop_size: int, scale_range: tuple[float, float] = (0.5, 2.0)
     """Random rescale by ``U(scale_range)``, pad (image 0, mask 255) and random crop to
     ``crop_size``, horizontal flip p=0.5."""
     low, high = scale_range
-    return A.Compose([
-        A.RandomScale(scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR, p=1.0),
-        A.PadIfNeeded(crop_size, crop_size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=255),
-        A.RandomCrop(crop_size, crop_size),
-        A.HorizontalFlip(p=0.5),
-    ])
+    return A.Compose(
+        [
+            A.RandomScale(scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR, p=1.0),
+            A.PadIfNeeded(
+                crop_size, crop_size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=255
+            ),
+            A.RandomCrop(crop_size, crop_size),
+            A.HorizontalFlip(p=0.5),
+        ]
+    )
 
 
 def strong_transform() -> A.Compose:
     """ColorJitter(0.5, 0.5, 0.5, 0.25) p=0.8, grayscale p=0.2, Gaussian blur sigma U(0.1, 2)
     p=0.5, applied to the weak crop (CutMix happens in the training step)."""
-    return A.Compose([
-        A.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25, p=0.8),
-        A.ToGray(num_output_channels=3, p=0.2),
-        A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, 2.0), p=0.5),
-    ])
+    return A.Compose(
+        [
+            A.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25, p=0.8),
+            A.ToGray(num_output_channels=3, p=0.2),
+            A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, 2.0), p=0.5),
+        ]
+    )
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
