@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -65,14 +66,16 @@ def run_one(method: str, ratio: str, seed: int, args: argparse.Namespace) -> dic
         f"--trainer.default_root_dir={folder}",
         f"--trainer.logger.init_args.save_dir={folder}",
         "--trainer.logger.init_args.name=logs",
-        "--trainer.logger.init_args.version=0",
+        "--trainer.logger.init_args.version=version_0",
         "--trainer.enable_checkpointing=false",
         "--trainer.callbacks=[]",
         "--model.log_panels=0",
         f"--data.num_workers={args.workers}",
         *args.extra,
     ]
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists():  # an unfinished or --force'd cell: its old logs would block the new run
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
     start = time.perf_counter()
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -163,8 +166,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     results = []
-    for ratio in args.ratios:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed outermost: a partial grid still compares every method and ratio
+        for ratio in args.ratios:
             for method in args.methods:
                 folder = args.out / method / ratio / f"seed{seed}" / "result.json"
                 if args.table_only:
