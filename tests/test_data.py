@@ -16,6 +16,10 @@ def test_demo_dataset_is_deterministic_and_in_the_unimatch_layout(demo_cache, tm
         assert len(labeled) == TRAIN_CANVASES // fraction
         if fraction > 1:
             assert not set(labeled) & set(unlabeled) and len(labeled) + len(unlabeled) == TRAIN_CANVASES
+    val_classes = set()
+    for index in range(60):  # the digits file is sorted by label: val must still hold every class
+        val_classes |= set(np.unique(np.asarray(Image.open(root / "masks" / f"val_{index:04d}.png"))).tolist())
+    assert val_classes == set(range(11)) | {255}
     mask = np.asarray(Image.open(root / "masks" / "train_0000.png"))
     assert set(np.unique(mask)) <= set(range(11)) | {255} and len(np.unique(mask)) >= 3
     # a second build elsewhere gives the same bytes
@@ -40,7 +44,7 @@ def test_datamodule_batches_follow_the_documented_format(demo_cache):
     labeled, unlabeled = batch["labeled"], batch["unlabeled"]
     assert labeled["image"].shape == (4, 3, 48, 48) and labeled["image"].dtype == torch.float32
     assert labeled["mask"].shape == (4, 48, 48) and labeled["mask"].dtype == torch.int64
-    assert set(unlabeled) == {"image", "strong", "strong2", "ignore_mask"}
+    assert set(unlabeled) == {"image", "strong", "strong2", "ignore_mask", "index"}
     assert not torch.equal(unlabeled["strong"], unlabeled["strong2"])
     assert len(dm._datasets["labeled"]) == len(dm._datasets["unlabeled"]) == 1875  # labeled list cycled
     val = next(iter(dm.val_dataloader()))

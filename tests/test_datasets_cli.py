@@ -117,8 +117,11 @@ def test_bad_inputs_stop_before_training(tmp_path):
         fit("configs/pascal.yaml", root, tmp_path / "run", [f"--data.root={root}", "--data.split=92"])
     bad = make_voc(tmp_path / "VOC_bad")
     mask_path = bad / "SegmentationClass" / "2007_000000.png"
-    array = np.asarray(Image.open(mask_path)).copy()
+    original = Image.open(mask_path)
+    array = np.asarray(original).copy()
     array[5, 5] = 40
-    Image.fromarray(array, mode="P").save(mask_path)
+    corrupted = Image.fromarray(array, mode="P")
+    corrupted.putpalette(original.getpalette())  # a P image saved without its palette loses values
+    corrupted.save(mask_path)
     with pytest.raises(Exception, match=r"2007_000000.png: mask values \[40\]"):
         fit("configs/pascal.yaml", bad, tmp_path / "run2", [f"--data.root={bad}", "--data.split=92"])

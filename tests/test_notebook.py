@@ -12,7 +12,9 @@ def test_quickstart_notebook_executes(tmp_path, demo_cache, monkeypatch):
     monkeypatch.setenv("MASKMATCH_PL_CACHE", str(demo_cache))
     path = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     outputs = "".join(out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", []))
     assert "after 3 steps: MaskMatch val mIoU" in outputs
     assert any("image/png" in out.get("data", {}) for cell in notebook.cells for out in cell.get("outputs", []))

@@ -54,7 +54,11 @@ def unimatch_reference(net, batch, boxes, tau):
         mixed = strong.clone()
         mixed[box.unsqueeze(1).expand_as(mixed)] = strong[partner][box.unsqueeze(1).expand_as(mixed)]
         mask_mixed, conf_mixed, ignore_mixed = mask.clone(), conf.clone(), ignore.clone()
-        mask_mixed[box], conf_mixed[box], ignore_mixed[box] = mask[partner][box], conf[partner][box], ignore[partner][box]
+        mask_mixed[box], conf_mixed[box], ignore_mixed[box] = (
+            mask[partner][box],
+            conf[partner][box],
+            ignore[partner][box],
+        )
         loss = F.cross_entropy(net(mixed), mask_mixed, reduction="none")
         loss = loss * ((conf_mixed >= tau) & (ignore_mixed != 255))
         losses.append(loss.sum() / (ignore_mixed != 255).sum())
@@ -70,8 +74,17 @@ def unimatch_reference(net, batch, boxes, tau):
 def test_unimatch_total_loss_matches_the_reference(monkeypatch, tau):
     torch.manual_seed(0)
     net = EncoderDecoder()
-    module = MaskMatchModule(model=net, num_classes=11, sup_weight=0.5, strong_weight=0.25, masked_weight=0.0,
-                             fp_weight=0.25, strong_views=2, pseudo_label_scales=[1.0], conf_threshold=tau)
+    module = MaskMatchModule(
+        model=net,
+        num_classes=11,
+        sup_weight=0.5,
+        strong_weight=0.25,
+        masked_weight=0.0,
+        fp_weight=0.25,
+        strong_views=2,
+        pseudo_label_scales=[1.0],
+        conf_threshold=tau,
+    )
     module.log = lambda *args, **kwargs: None
     batch = make_batch(batch=3, size=16, strong_views=2)
     batch["unlabeled"]["ignore_mask"][0, :, -4:] = 255

@@ -4,7 +4,7 @@ Every batch is a ``dict``:
 
 - labeled (train): ``image`` float ``B x 3 x H x W`` (normalised), ``mask`` integer ``B x H x W``
   with class indices ``0..C-1`` and 255 for ignored pixels; optional ``index`` (``B``, the
-  sample's position in its list, for bookkeeping; the method never reads it);
+  position in the (cycled) sample list, for bookkeeping; the method never reads it);
 - unlabeled (train): ``image`` the weak view, ``strong`` the strong view of the same crop
   (``strong2`` a second one for UniMatch), both float ``B x 3 x H x W``; optional
   ``ignore_mask`` integer ``B x H x W``, 255 on crop padding and 0 elsewhere;

@@ -140,7 +140,7 @@ class LabeledDataset(_SeededAugmentation):
         return {
             "image": to_tensor(out["image"]),
             "mask": torch.from_numpy(out["mask"].astype(np.int64)),
-            "index": torch.tensor(index % len(self.samples)),
+            "index": torch.tensor(index),
         }
 
 

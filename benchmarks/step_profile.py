@@ -1,0 +1,232 @@
+"""Time and peak memory of one MaskMatch training step and of each of its parts.
+
+    python benchmarks/step_profile.py                          # demo model and DLV3+ R50 @ 320, CPU
+    python benchmarks/step_profile.py --device cuda --precision bf16-mixed --channels-last --compile
+
+Parts: teacher multi-scale pass (no grad), CutMix + patch masks, student forward on the
+labeled + strong views, student forward on the masked view, backward, optimiser step. The
+"sum of parts" is compared with (a) ``training_step`` + backward + step called directly and
+(b) the same step run by Lightning's ``Trainer`` (batches already in memory), whose extra
+time is the framework overhead. Peak memory is measured on CUDA (``max_memory_allocated``)
+for ``student_forward=concat`` and ``sequential``; on CPU it is not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from maskmatch_pl import MaskMatchModule, consistency_loss
+from maskmatch_pl.losses import supervised_loss
+from maskmatch_pl.multiscale import pseudo_labels
+
+MODELS = {
+    "demo (Unet mobilenetv3-small, 64 px)": (
+        dict(
+            arch="Unet",
+            encoder_name="tu-mobilenetv3_small_100",
+            model_kwargs={"encoder_depth": 5, "decoder_channels": [64, 32, 16, 16, 16]},
+            mask_patch_size=8,
+        ),
+        64,
+        8,
+    ),
+    "DeepLabV3+ ResNet-50, 320 px": (dict(arch="DeepLabV3Plus", encoder_name="resnet50"), 320, 2),
+}
+
+
+class Repeat(Dataset):
+    def __init__(self, batch: dict, length: int) -> None:
+        self.batch, self.length = batch, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return self.batch
+
+
+def make_batch(size: int, batch: int, device: str) -> dict:
+    g = torch.Generator().manual_seed(0)
+    labeled = {
+        "image": torch.randn(batch, 3, size, size, generator=g),
+        "mask": torch.randint(0, 11, (batch, size, size), generator=g),
+    }
+    unlabeled = {
+        "image": torch.randn(batch, 3, size, size, generator=g),
+        "strong": torch.randn(batch, 3, size, size, generator=g),
+        "ignore_mask": torch.zeros(batch, size, size, dtype=torch.long),
+    }
+    move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+    return {"labeled": move(labeled), "unlabeled": move(unlabeled)}
+
+
+class Timer:
+    def __init__(self, device: str) -> None:
+        self.device, self.totals = device, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
+
+
+def profile(module: MaskMatchModule, batch: dict, args, repeats: int) -> tuple[dict, dict, dict]:
+    device = args.device
+    optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9)
+    autocast = (
+        torch.autocast(device_type=device, dtype=torch.bfloat16)
+        if args.precision == "bf16-mixed"
+        else contextlib.nullcontext()
+    )
+    timer = Timer(device)
+    module.log = lambda *a, **k: None
+    hp = module.hparams
+    labeled, unlabeled = batch["labeled"], batch["unlabeled"]
+    for iteration in range(repeats + 2):
+        if iteration == 2:
+            timer.totals.clear()
+        with autocast:
+            with timer("teacher multi-scale pass"):
+                confidence, pseudo_label = pseudo_labels(module.teacher_probabilities(unlabeled["image"]))
+            with timer("CutMix + patch masks"):
+                rng = torch.Generator().manual_seed(iteration)
+                strong, targets = module._cutmix_view(
+                    unlabeled["strong"], (pseudo_label, confidence, unlabeled["ignore_mask"]), rng
+                )
+                masked = module._masked_copy(strong, rng)
+            with timer("student labeled + strong pass"):
+                logits_l, logits_s = module.student_logits([labeled["image"], strong])
+                loss = hp.sup_weight * supervised_loss(logits_l, labeled["mask"]) + hp.strong_weight * consistency_loss(
+                    logits_s, *targets, hp.conf_threshold
+                )
+            with timer("student masked pass"):
+                loss = loss + hp.masked_weight * consistency_loss(module.network(masked), *targets, hp.conf_threshold)
+        with timer("backward"):
+            loss.backward()
+        with timer("optimiser step"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    parts = {k: v / repeats for k, v in timer.totals.items()}
+    whole = {}
+    for mode in ("sequential", "concat"):  # sequential runs the same passes as the parts above
+        module.hparams.student_forward = mode
+        timer.totals.clear()
+        for iteration in range(repeats + 2):
+            if iteration == 2:
+                timer.totals.clear()
+            with timer("direct"):
+                with autocast:
+                    loss = module.training_step(batch, 1)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        whole[mode] = (timer.totals["direct"] / repeats, lightning_step_time(module, batch, args, repeats))
+    memory = {}
+    if device == "cuda":
+        for mode in ("concat", "sequential"):
+            module.hparams.student_forward = mode
+            torch.cuda.reset_peak_memory_stats()
+            with autocast:
+                loss = module.training_step(batch, 1)
+            loss.backward()
+            optimizer.zero_grad(set_to_none=True)
+            memory[mode] = torch.cuda.max_memory_allocated() / 2**20
+        module.hparams.student_forward = "concat"
+    return parts, whole, memory
+
+
+class StepTimes(L.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - self._start)
+
+
+def lightning_step_time(module: MaskMatchModule, batch: dict, args, repeats: int) -> float:
+    cpu_batch = {k: {n: t[0].cpu() for n, t in v.items()} for k, v in batch.items()}
+    size = len(batch["labeled"]["image"])
+    loaders = {k: DataLoader(Repeat(v, size * (repeats + 2)), batch_size=size) for k, v in cpu_batch.items()}
+    times = StepTimes()
+    trainer = L.Trainer(
+        max_steps=repeats + 2,
+        accelerator=args.device if args.device != "cpu" else "cpu",
+        devices=1,
+        precision=args.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[times],
+        limit_val_batches=0,
+    )
+    trainer.fit(module, train_dataloaders=loaders)
+    return sum(times.times[2:]) / len(times.times[2:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(
+        f"device {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else torch.get_num_threads()} "
+        f"{'GPU' if args.device == 'cuda' else 'CPU threads'}), precision {args.precision}, channels_last "
+        f"{args.channels_last}, compile {args.compile}, torch {torch.__version__}\n"
+    )
+    for name in args.models:
+        kwargs, size, batch_size = MODELS[name]
+        module = MaskMatchModule(num_classes=11, encoder_weights=None, log_panels=0, **kwargs).to(args.device)
+        if args.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        if args.compile:
+            module.network.net = torch.compile(module.network.net)
+        batch = make_batch(size, batch_size, args.device)
+        parts, whole, memory = profile(module, batch, args, args.repeats)
+        total = sum(parts.values())
+        print(f"### {name}, batch {batch_size} labeled + {batch_size} unlabeled\n")
+        print("| part | ms | share of the sum |\n|---|---|---|")
+        for part, seconds in parts.items():
+            print(f"| {part} | {seconds * 1000:.1f} | {seconds / total:.0%} |")
+        print(f"| **sum of parts** | {total * 1000:.1f} | 100% |")
+        for mode, (direct, lightning) in whole.items():
+            print(
+                f"| whole step ({mode}), training_step + backward + step called directly | {direct * 1000:.1f} "
+                f"| {direct / total:.0%} |"
+            )
+            print(
+                f"| whole step ({mode}) under Lightning's Trainer | {lightning * 1000:.1f} | {lightning / total:.0%} |"
+            )
+        direct, lightning = whole["sequential"]
+        own = (direct - total) / direct
+        print(
+            f"\nwhole step (sequential, as the parts) vs sum of parts: {own:+.1%}; "
+            f"Lightning's Trainer vs the direct call: {(lightning - direct) / direct:+.1%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
