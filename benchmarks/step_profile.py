@@ -8,14 +8,18 @@ labeled + strong views, student forward on the masked view, backward, optimiser 
 "sum of parts" is compared with (a) ``training_step`` + backward + step called directly and
 (b) the same step run by Lightning's ``Trainer`` (batches already in memory), whose extra
 time is the framework overhead. Peak memory is measured on CUDA (``max_memory_allocated``)
-for ``student_forward=concat`` and ``sequential``; on CPU it is not measured.
+for ``student_forward=concat`` and ``sequential``; on CPU as the peak resident memory of a
+fresh process running the step in each mode.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -182,6 +186,21 @@ def lightning_step_time(module: MaskMatchModule, batch: dict, args, repeats: int
     return sum(times.times[2:]) / len(times.times[2:])
 
 
+def peak_rss_mib(name: str, mode: str, steps: int = 3) -> float:
+    """Peak resident memory (MiB) of a fresh process that runs ``steps`` training steps of
+    model ``name`` with ``student_forward=mode`` on the CPU (model and interpreter included)."""
+    code = (
+        "import resource, sys, torch; sys.argv = ['x']; import step_profile as s; "
+        f"kw, size, b = s.MODELS[{name!r}]; "
+        "m = s.MaskMatchModule(num_classes=11, encoder_weights=None, log_panels=0, "
+        f"student_forward={mode!r}, **kw); m.log = lambda *a, **k: None; batch = s.make_batch(size, b, 'cpu')\n"
+        f"for _ in range({steps}): m.training_step(batch, 1).backward()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -226,6 +245,12 @@ def main() -> None:
             f"\nwhole step (sequential, as the parts) vs sum of parts: {own:+.1%}; "
             f"Lightning's Trainer vs the direct call: {(lightning - direct) / direct:+.1%}"
         )
+        if memory:
+            print("peak CUDA memory allocated during the step: ", end="")
+        else:
+            memory = {mode: peak_rss_mib(name, mode) for mode in ("concat", "sequential")}
+            print("peak resident memory of a process running the step (CPU, model and interpreter included): ", end="")
+        print(f"concat {memory['concat']:.0f} MiB, sequential {memory['sequential']:.0f} MiB\n")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,11 @@ def build_smp_model(
 
     packaged = encoder_weights == "packaged"
     model = smp.create_model(
-        arch=arch, encoder_name=encoder_name, encoder_weights=None if packaged else encoder_weights,
-        classes=num_classes, **kwargs,
+        arch=arch,
+        encoder_name=encoder_name,
+        encoder_weights=None if packaged else encoder_weights,
+        classes=num_classes,
+        **kwargs,
     )
     if packaged:
         from .pretrained import load_packaged_encoder_weights

