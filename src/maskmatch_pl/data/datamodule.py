@@ -150,12 +150,13 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         if stage == "fit":
             unlabeled = self.samples("unlabeled") if self._source("unlabeled") else []
             labeled = self.samples("labeled")
+            seed = torch.initial_seed() % 2**31  # augmentations follow seed_everything
             self._datasets["labeled"] = LabeledDataset(
-                labeled, self.reader, hp.crop_size, hp.scale_range, len(unlabeled)
+                labeled, self.reader, hp.crop_size, hp.scale_range, len(unlabeled), seed=seed
             )
             if unlabeled:
                 self._datasets["unlabeled"] = UnlabeledDataset(
-                    unlabeled, self.reader, hp.crop_size, hp.scale_range, hp.strong_views
+                    unlabeled, self.reader, hp.crop_size, hp.scale_range, hp.strong_views, seed=seed
                 )
         if stage in ("fit", "validate"):
             self._datasets["val"] = EvalDataset(self.samples("val"), self.reader)
