@@ -111,7 +111,6 @@ def test_ema_teacher_follows_the_student_and_is_saved(tiny_module_kwargs):
     with torch.no_grad():
         for p in student.values():
             p.add_(1.0)
-    module.trainer = None
     from maskmatch_pl.teacher import ema_update
 
     ema_update(module.teacher_network, module.network, 0.9)
