@@ -62,6 +62,15 @@ def test_each_part_can_be_switched_off_and_logs_only_what_applies(tiny_module_kw
     assert all(p.grad is not None for p in module.network.parameters() if p.requires_grad)
 
 
+def test_supervised_baseline_needs_no_unlabeled_loader_and_others_say_what_is_missing(tiny_module_kwargs):
+    batch = {"labeled": make_batch()["labeled"]}
+    supervised = MaskMatchModule(**{**tiny_module_kwargs, "strong_weight": 0.0, "masked_weight": 0.0})
+    _, logged = run_step(supervised, batch)
+    assert set(logged) == {"train/loss_sup", "train/loss"}
+    with pytest.raises(BatchFormatError, match="unlabeled batch must be a dict"):
+        run_step(MaskMatchModule(**tiny_module_kwargs), batch)
+
+
 def test_concat_and_sequential_student_passes_agree_in_eval_mode(tiny_module_kwargs):
     module = MaskMatchModule(**tiny_module_kwargs).eval()
     inputs = [torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)]

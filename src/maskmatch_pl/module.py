@@ -192,7 +192,7 @@ class MaskMatchModule(L.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         hp = self.hparams
-        labeled, unlabeled = batch["labeled"], batch["unlabeled"]
+        labeled, unlabeled = batch["labeled"], batch.get("unlabeled")  # no unlabeled loader: supervised only
         check_batch(labeled, "labeled", label_maps=("mask",), num_classes=hp.num_classes, check_values=batch_idx == 0)
         if not self.uses_unlabeled:
             loss_sup = supervised_loss(self.network(labeled["image"]), labeled["mask"], **self._sup_loss_args())
@@ -238,7 +238,7 @@ class MaskMatchModule(L.LightningModule):
         if hp.fp_weight > 0:
             losses["fp"] = self._consistency(self.network.forward_perturbed(weak, hp.fp_dropout), weak_targets)
 
-        pseudo, conf, ignored = strong_targets[0]
+        _, conf, ignored = strong_targets[0]
         valid = ignored != 255
         self.log(
             "train/confident_fraction",
