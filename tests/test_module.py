@@ -62,6 +62,23 @@ def test_each_part_can_be_switched_off_and_logs_only_what_applies(tiny_module_kw
     assert all(p.grad is not None for p in module.network.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize(("step", "ramp"), [(0, 0.0), (50, 0.25), (200, 1.0), (400, 1.0)])
+def test_unlabeled_weights_ramp_up_linearly(tiny_module_kwargs, monkeypatch, step, ramp):
+    monkeypatch.setattr(MaskMatchModule, "global_step", property(lambda self: step))
+    module = MaskMatchModule(
+        **tiny_module_kwargs, unsup_rampup_steps=200, strong_weight=0.5, masked_weight=0.7, conf_threshold=0.0
+    )
+    loss, logged = run_step(module, make_batch())
+    expected = 0.5 * logged["train/loss_sup"] + ramp * (
+        0.5 * logged["train/loss_strong"] + 0.7 * logged["train/loss_masked"]
+    )
+    assert logged["train/loss_strong"] > 0 and logged["train/loss_masked"] > 0
+    assert logged["train/unsup_ramp"] == ramp
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="unsup_rampup_steps must be >= 0, got -1"):
+        MaskMatchModule(**tiny_module_kwargs, unsup_rampup_steps=-1)
+
+
 def test_supervised_baseline_needs_no_unlabeled_loader_and_others_say_what_is_missing(tiny_module_kwargs):
     batch = {"labeled": make_batch()["labeled"]}
     supervised = MaskMatchModule(**{**tiny_module_kwargs, "strong_weight": 0.0, "masked_weight": 0.0})

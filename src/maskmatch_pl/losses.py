@@ -57,3 +57,11 @@ def supervised_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "ce"
     if kind == "ohem":
         return ohem_cross_entropy(logits, target, **ohem)  # type: ignore[arg-type]
     return F.cross_entropy(logits.float(), target.long(), ignore_index=IGNORE_INDEX)
+
+
+def rampup_factor(step: int, rampup_steps: int) -> float:
+    """Linear ramp-up of the unlabeled loss weights: ``min(1, step / rampup_steps)``; 1 when
+    ``rampup_steps`` is 0 (the reference: full weight from the first step)."""
+    if rampup_steps <= 0:
+        return 1.0
+    return min(1.0, step / rampup_steps)

@@ -19,7 +19,7 @@ from .batch import check_batch
 from .cutmix import cutmix_boxes, partner_indices, paste
 from .data.presets import palette_for
 from .evaluation import EvalMode, center_crop, predict_probabilities
-from .losses import consistency_loss, supervised_loss
+from .losses import consistency_loss, rampup_factor, supervised_loss
 from .masking import apply_patch_mask, random_patch_mask
 from .multiscale import multiscale_probabilities, pseudo_labels
 from .network import SegmentationNetwork, build_smp_model
@@ -50,6 +50,9 @@ class MaskMatchModule(L.LightningModule):
         sup_weight, strong_weight, masked_weight, fp_weight: loss weights; the total is their
             weighted sum. Defaults give FixMatch's ``(L_sup + L_strong) / 2`` plus
             ``L_masked / 2``. With two strong views ``L_strong`` is their mean.
+        unsup_rampup_steps: the unlabeled weights (strong, masked, fp) grow linearly from 0 to
+            their value over this many optimiser steps (0: from the start, as the reference).
+            Guards a from-scratch or short run against pseudo-labels of an untrained teacher.
         conf_threshold: pseudo-label confidence threshold tau (``>=`` keeps a pixel).
         pseudo_label_scales, pseudo_label_flip: teacher multi-scale ensembling.
         mask_ratio, mask_patch_size, masked_view: the masked-modeling view: ``mask_ratio`` of
@@ -60,8 +63,11 @@ class MaskMatchModule(L.LightningModule):
         fp_dropout: Dropout2d rate of the feature-perturbation stream.
         teacher: ``shared`` (the student's weights in eval mode, no grad) or ``ema``.
         ema_momentum: EMA teacher momentum, warmed up as ``min(1 - 1/(t+1), m)``.
-        student_forward: ``concat`` runs labeled, strong and masked images in one forward
-            (faster); ``sequential`` runs them one after the other (less peak memory).
+        student_forward: ``sequential`` (default) runs the labeled batch, each strong view and
+            the masked view in forwards of their own, so that each gets its own BatchNorm
+            statistics; ``concat`` runs them in one forward (faster on a GPU, but BatchNorm
+            then normalises the labeled images with statistics of strong and masked views:
+            on the demo data this cost FixMatch 6 mIoU points, benchmarks/RESULTS.md).
         sup_loss, ohem_thresh, ohem_min_kept: labeled loss, CE or OHEM (Cityscapes).
         optimizer, lr, lr_multi, weight_decay, momentum, poly_power: SGD (or AdamW), the
             decoder/head at ``lr * lr_multi``, poly decay per step.
@@ -85,6 +91,7 @@ class MaskMatchModule(L.LightningModule):
         strong_weight: float = 0.5,
         masked_weight: float = 0.5,
         fp_weight: float = 0.0,
+        unsup_rampup_steps: int = 0,
         conf_threshold: float = 0.95,
         pseudo_label_scales: Sequence[float] = (0.75, 1.0, 1.25),
         pseudo_label_flip: bool = False,
@@ -97,7 +104,7 @@ class MaskMatchModule(L.LightningModule):
         fp_dropout: float = 0.5,
         teacher: Literal["shared", "ema"] = "shared",
         ema_momentum: float = 0.996,
-        student_forward: Literal["concat", "sequential"] = "concat",
+        student_forward: Literal["concat", "sequential"] = "sequential",
         sup_loss: Literal["ce", "ohem"] = "ce",
         ohem_thresh: float = 0.7,
         ohem_min_kept: int = 200_000,
@@ -118,6 +125,8 @@ class MaskMatchModule(L.LightningModule):
         self.save_hyperparameters(ignore=["model"])
         if min(sup_weight, strong_weight, masked_weight, fp_weight) < 0:
             raise ValueError("loss weights must be >= 0")
+        if unsup_rampup_steps < 0:
+            raise ValueError(f"unsup_rampup_steps must be >= 0, got {unsup_rampup_steps}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
         net = (
@@ -258,12 +267,15 @@ class MaskMatchModule(L.LightningModule):
         return {"kind": "ce"}
 
     def _log_losses(self, losses: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
+        ramp = rampup_factor(self.global_step, self.hparams.unsup_rampup_steps)
         weights = {
             "sup": self.hparams.sup_weight,
-            "strong": self.hparams.strong_weight,
-            "masked": self.hparams.masked_weight,
-            "fp": self.hparams.fp_weight,
+            "strong": self.hparams.strong_weight * ramp,
+            "masked": self.hparams.masked_weight * ramp,
+            "fp": self.hparams.fp_weight * ramp,
         }
+        if self.hparams.unsup_rampup_steps and len(losses) > 1:
+            self.log("train/unsup_ramp", ramp, batch_size=batch_size)
         total = sum(weights[name] * value for name, value in losses.items())
         for name, value in losses.items():
             self.log(f"train/loss_{name}", value, batch_size=batch_size)
