@@ -30,7 +30,17 @@ from maskmatch_pl.losses import supervised_loss
 from maskmatch_pl.multiscale import pseudo_labels
 
 MODELS = {
-    "demo (Unet mobilenetv3-small, 64 px)": (
+    "demo (DeepLabV3+ EfficientNet-Lite0, 64 px)": (
+        dict(
+            arch="DeepLabV3Plus",
+            encoder_name="tu-tf_efficientnet_lite0",
+            model_kwargs={"decoder_channels": 64},
+            mask_patch_size=8,
+        ),
+        64,
+        8,
+    ),
+    "Unet mobilenetv3-small, 64 px (the demo model before 2026-11-24, session 2)": (
         dict(
             arch="Unet",
             encoder_name="tu-mobilenetv3_small_100",

@@ -19,7 +19,8 @@ from ablation import REPO, run_one
 
 # variant -> (method of the ablation grid, extra maskmatch-pl arguments, steps); 1/16 labeled.
 # Each question is answered against its neighbour: BatchNorm batches (concat vs sequential
-# forwards), a ramp-up of the unlabeled weights, then the masked view's ratio and patch size.
+# forwards), a ramp-up of the unlabeled weights, the masked view's ratio and patch size, and
+# which forwards update the BatchNorm running statistics.
 CONCAT, SEQUENTIAL = "--model.student_forward=concat", "--model.student_forward=sequential"
 VARIANTS: dict[str, tuple[str, list[str], int]] = {
     "supervised": ("supervised", [], 300),
@@ -31,6 +32,8 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
     "maskmatch, sequential": ("maskmatch", [SEQUENTIAL], 300),
     "maskmatch, sequential, mask ratio 0.5": ("maskmatch", [SEQUENTIAL, "--model.mask_ratio=0.5"], 300),
     "maskmatch, sequential, patch 16": ("maskmatch", [SEQUENTIAL, "--model.mask_patch_size=16"], 300),
+    "fixmatch, sequential, BN stats from labeled": ("fixmatch", [SEQUENTIAL, "--model.norm_stats=labeled"], 300),
+    "maskmatch, sequential, BN stats from labeled": ("maskmatch", [SEQUENTIAL, "--model.norm_stats=labeled"], 300),
 }
 
 

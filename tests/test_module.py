@@ -79,6 +79,30 @@ def test_unlabeled_weights_ramp_up_linearly(tiny_module_kwargs, monkeypatch, ste
         MaskMatchModule(**tiny_module_kwargs, unsup_rampup_steps=-1)
 
 
+def test_norm_stats_labeled_keeps_running_statistics_of_the_labeled_batch_only(tiny_module_kwargs):
+    import copy
+
+    batch = make_batch()
+    module = MaskMatchModule(**tiny_module_kwargs, norm_stats="labeled")
+    reference = copy.deepcopy(module.network).train()
+    with torch.no_grad():
+        reference(batch["labeled"]["image"])  # what the running statistics should become
+    everything = copy.deepcopy(module)
+    everything.hparams.norm_stats = "all"
+    run_step(module, batch)
+    run_step(everything, batch)
+    norms = [name for name, buffer in module.network.named_buffers() if name.endswith("running_mean")]
+    assert norms
+    buffers, expected, mixed = (dict(m.named_buffers()) for m in (module.network, reference, everything.network))
+    for name in norms:
+        torch.testing.assert_close(buffers[name], expected[name])
+    assert any(not torch.allclose(mixed[name], expected[name]) for name in norms)
+    momenta = {m.momentum for m in module.network.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert 0.0 not in momenta  # restored after the step
+    with pytest.raises(ValueError, match="norm_stats='labeled' needs student_forward='sequential'"):
+        MaskMatchModule(**tiny_module_kwargs, norm_stats="labeled", student_forward="concat")
+
+
 def test_supervised_baseline_needs_no_unlabeled_loader_and_others_say_what_is_missing(tiny_module_kwargs):
     batch = {"labeled": make_batch()["labeled"]}
     supervised = MaskMatchModule(**{**tiny_module_kwargs, "strong_weight": 0.0, "masked_weight": 0.0})

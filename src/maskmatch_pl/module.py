@@ -22,7 +22,7 @@ from .evaluation import EvalMode, center_crop, predict_probabilities
 from .losses import consistency_loss, rampup_factor, supervised_loss
 from .masking import apply_patch_mask, random_patch_mask
 from .multiscale import multiscale_probabilities, pseudo_labels
-from .network import SegmentationNetwork, build_smp_model
+from .network import SegmentationNetwork, build_smp_model, frozen_norm_statistics
 from .optim import build_optimizer, poly_schedule
 from .teacher import ema_momentum, ema_update
 from .visualize import panel
@@ -68,6 +68,10 @@ class MaskMatchModule(L.LightningModule):
             statistics; ``concat`` runs them in one forward (faster on a GPU, but BatchNorm
             then normalises the labeled images with statistics of strong and masked views:
             on the demo data this cost FixMatch 6 mIoU points, benchmarks/RESULTS.md).
+        norm_stats: which student forwards update the BatchNorm running statistics (those used
+            in eval mode, by the shared teacher and at validation): ``all`` (the reference) or
+            ``labeled`` (strong and masked views normalise with their own batch statistics but
+            leave the running ones alone; needs ``student_forward=sequential``).
         sup_loss, ohem_thresh, ohem_min_kept: labeled loss, CE or OHEM (Cityscapes).
         optimizer, lr, lr_multi, weight_decay, momentum, poly_power: SGD (or AdamW), the
             decoder/head at ``lr * lr_multi``, poly decay per step.
@@ -105,6 +109,7 @@ class MaskMatchModule(L.LightningModule):
         teacher: Literal["shared", "ema"] = "shared",
         ema_momentum: float = 0.996,
         student_forward: Literal["concat", "sequential"] = "sequential",
+        norm_stats: Literal["all", "labeled"] = "all",
         sup_loss: Literal["ce", "ohem"] = "ce",
         ohem_thresh: float = 0.7,
         ohem_min_kept: int = 200_000,
@@ -125,6 +130,8 @@ class MaskMatchModule(L.LightningModule):
         self.save_hyperparameters(ignore=["model"])
         if min(sup_weight, strong_weight, masked_weight, fp_weight) < 0:
             raise ValueError("loss weights must be >= 0")
+        if norm_stats == "labeled" and student_forward == "concat":
+            raise ValueError("norm_stats='labeled' needs student_forward='sequential' (concat shares one forward)")
         if unsup_rampup_steps < 0:
             raise ValueError(f"unsup_rampup_steps must be >= 0, got {unsup_rampup_steps}")
         if class_names is not None and len(class_names) != num_classes:
@@ -178,6 +185,10 @@ class MaskMatchModule(L.LightningModule):
         same_size = len({tuple(x.shape[1:]) for x in inputs}) == 1
         if self.hparams.student_forward == "concat" and same_size and len(inputs) > 1:
             return list(self.network(torch.cat(inputs)).split([len(x) for x in inputs]))
+        if self.hparams.norm_stats == "labeled":  # only the labeled batch, inputs[0], updates them
+            first = self.network(inputs[0])
+            with frozen_norm_statistics(self.network):
+                return [first, *[self.network(x) for x in inputs[1:]]]
         return [self.network(x) for x in inputs]
 
     def _cutmix_view(

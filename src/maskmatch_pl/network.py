@@ -6,6 +6,8 @@ encoder's output stride, and the encoder/decoder split used for feature perturba
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -36,6 +38,21 @@ def build_smp_model(
 
         load_packaged_encoder_weights(model, encoder_name)
     return model
+
+
+@contextmanager
+def frozen_norm_statistics(net: nn.Module) -> Iterator[None]:
+    """Within the block, BatchNorm layers still normalise with the batch's statistics (train
+    mode) but leave their running statistics, used in eval mode, as they are."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
 
 
 def _output_stride(net: nn.Module) -> int:
