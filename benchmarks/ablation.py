@@ -100,11 +100,12 @@ def run_one(method: str, ratio: str, seed: int, args: argparse.Namespace) -> dic
 
 
 def table(results: list[dict], methods: list[str], ratios: list[str]) -> str:
-    """Markdown: val mIoU (%) mean ± std over seeds per method and ratio, and time per run."""
+    """Markdown: val mIoU (%) mean ± std over seeds per method and ratio, and the median wall time
+    per run (robust to a run slowed by other work on the machine)."""
     lines = [
         "| method | "
         + " | ".join(f"{r.replace('_', '/')} labeled: mIoU % (n)" for r in ratios)
-        + " | time / run (s) |",
+        + " | time / run (s, median) |",
         "|---" * (len(ratios) + 2) + "|",
     ]
     for method in methods:
@@ -115,7 +116,7 @@ def table(results: list[dict], methods: list[str], ratios: list[str]) -> str:
             times += [r["seconds"] for r in runs]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f} ({len(values)})" if values else "—")
-        time_cell = f"{statistics.mean(times):.0f}" if times else "—"
+        time_cell = f"{statistics.median(times):.0f}" if times else "—"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {time_cell} |")
     return "\n".join(lines)
 

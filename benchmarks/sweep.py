@@ -2,6 +2,7 @@
 300 steps; prints a markdown table of val mIoU (mean ± std over seeds) and wall time per run.
 
     python benchmarks/sweep.py                                   # every variant, seed 0
+    python benchmarks/sweep.py --table-only                      # the table of the saved runs
     python benchmarks/sweep.py --variants "maskmatch, sequential" --seeds 0 1 2
 
 Each run goes through :func:`ablation.run_one` (the real CLI, one JSON per run, a finished run
@@ -11,6 +12,7 @@ is not run again) into ``--out/<variant>``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 from pathlib import Path
@@ -49,6 +51,7 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=100)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sweep")
+    parser.add_argument("--table-only", action="store_true", help="only print the table of saved runs")
     args = parser.parse_args()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     lines = ["| variant | steps | val mIoU % (n) | time / run (s) |", "|---|---|---|---|"]
@@ -62,7 +65,13 @@ def main() -> None:
             force=False,
             extra=extra,
         )
-        results = [run_one(method, args.ratio, seed, run_args) for seed in args.seeds]
+        if args.table_only:
+            saved = [run_args.out / method / args.ratio / f"seed{seed}" / "result.json" for seed in args.seeds]
+            results = [json.loads(path.read_text()) for path in saved if path.is_file()]
+            if not results:
+                continue
+        else:
+            results = [run_one(method, args.ratio, seed, run_args) for seed in args.seeds]
         values = [r["miou"] * 100 for r in results]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         seconds = statistics.mean(r["seconds"] for r in results)
