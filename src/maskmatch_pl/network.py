@@ -45,14 +45,15 @@ def frozen_norm_statistics(net: nn.Module) -> Iterator[None]:
     """Within the block, BatchNorm layers still normalise with the batch's statistics (train
     mode) but leave their running statistics, used in eval mode, as they are."""
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    momenta = [m.momentum for m in norms]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]  # the count drives momentum=None
     for norm in norms:
         norm.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
     try:
         yield
     finally:
-        for norm, momentum in zip(norms, momenta):
+        for norm, (momentum, count) in zip(norms, saved):
             norm.momentum = momentum
+            norm.num_batches_tracked.copy_(count)
 
 
 def _output_stride(net: nn.Module) -> int:
