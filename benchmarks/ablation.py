@@ -29,10 +29,13 @@ REPO = Path(__file__).resolve().parent.parent
 METHODS: dict[str, tuple[str, list[str]]] = {
     "supervised": ("configs/demo_supervised.yaml", []),
     "fixmatch": ("configs/demo_fixmatch.yaml", []),
-    "fixmatch+masked": ("configs/demo_fixmatch.yaml", ["--model.masked_weight=0.5"]),
+    # the masked view as MaskMatch (configs/demo.yaml) adds it: BatchNorm statistics from the labeled forward only
+    "fixmatch+masked": ("configs/demo_fixmatch.yaml", ["--model.masked_weight=0.5", "--model.norm_stats=labeled"]),
     "fixmatch+multiscale": ("configs/demo_fixmatch.yaml", ["--model.pseudo_label_scales=[0.75, 1.0, 1.25]"]),
     "maskmatch": ("configs/demo.yaml", []),
     "maskmatch+ema": ("configs/demo.yaml", ["--model.teacher=ema"]),
+    # MaskMatch with every student forward updating the BatchNorm statistics (the default before 2026-11-24)
+    "maskmatch-bn-all": ("configs/demo.yaml", ["--model.norm_stats=all"]),
     "unimatch": ("configs/demo_unimatch.yaml", []),
     "unimatch+maskmatch": ("configs/demo_unimatch_maskmatch.yaml", []),
     "supervised-all-labels": ("configs/demo_supervised.yaml", ["--data.split=full"]),
@@ -121,7 +124,13 @@ def table(results: list[dict], methods: list[str], ratios: list[str]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[dict], methods: list[str], ratios: list[str], out: Path) -> None:
+def plot(
+    results: list[dict],
+    methods: list[str],
+    ratios: list[str],
+    out: Path,
+    curves: tuple[str, ...] = ("supervised", "maskmatch"),
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,7 +155,7 @@ def plot(results: list[dict], methods: list[str], ratios: list[str], out: Path) 
     figure.tight_layout()
     figure.savefig(out / "miou_vs_ratio.png", dpi=120)
     figure, axis = plt.subplots(figsize=(6, 4))
-    for method in ("supervised", "maskmatch"):
+    for method in curves:
         for result in results:
             if result["method"] == method and result["ratio"] == ratios[0] and result["seed"] == 0:
                 axis.plot(*zip(*[(s, m * 100) for s, m in result["curve"]]), marker=".", label=method)
@@ -169,8 +178,16 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="rerun cells that already have a result")
     parser.add_argument("--table-only", action="store_true", help="only print the table of saved results")
     parser.add_argument("--plot", action="store_true", help="also save the two plots into --out")
+    parser.add_argument(
+        "--curves",
+        nargs="+",
+        default=["supervised", "maskmatch"],
+        choices=list(METHODS),
+        help="methods in the plot of val mIoU over steps (seed 0, first ratio)",
+    )
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more maskmatch-pl arguments")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the runs start in the repository root; a relative --out means here
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     results = []
     for seed in args.seeds:  # seed outermost: a partial grid still compares every method and ratio
@@ -192,7 +209,7 @@ def main() -> None:
                 results.append(result)
     print(table(results, args.methods, args.ratios))
     if args.plot and results:
-        plot(results, args.methods, args.ratios, args.out)
+        plot(results, args.methods, args.ratios, args.out, tuple(args.curves))
 
 
 if __name__ == "__main__":

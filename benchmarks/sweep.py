@@ -21,21 +21,33 @@ from ablation import REPO, run_one
 
 # variant -> (method of the ablation grid, extra maskmatch-pl arguments, steps); 1/16 labeled.
 # Each question is answered against its neighbour: BatchNorm batches (concat vs sequential
-# forwards), a ramp-up of the unlabeled weights, the masked view's ratio and patch size, and
-# which forwards update the BatchNorm running statistics.
+# forwards), a ramp-up of the unlabeled weights, the masked view's ratio, patch size and source
+# image, which forwards update the BatchNorm running statistics, and the confidence threshold.
 CONCAT, SEQUENTIAL = "--model.student_forward=concat", "--model.student_forward=sequential"
+ALL_BN = "--model.norm_stats=all"  # configs/demo.yaml says `labeled` since 2026-11-24; these rows ran before
 VARIANTS: dict[str, tuple[str, list[str], int]] = {
     "supervised": ("supervised", [], 300),
     "fixmatch, concat": ("fixmatch", [CONCAT], 300),
     "fixmatch, concat, ramp-up 150": ("fixmatch", [CONCAT, "--model.unsup_rampup_steps=150"], 300),
     "fixmatch, sequential": ("fixmatch", [SEQUENTIAL], 300),
-    "maskmatch, concat": ("maskmatch", [CONCAT], 300),
-    "maskmatch, concat, ramp-up 150": ("maskmatch", [CONCAT, "--model.unsup_rampup_steps=150"], 300),
-    "maskmatch, sequential": ("maskmatch", [SEQUENTIAL], 300),
-    "maskmatch, sequential, mask ratio 0.5": ("maskmatch", [SEQUENTIAL, "--model.mask_ratio=0.5"], 300),
-    "maskmatch, sequential, patch 16": ("maskmatch", [SEQUENTIAL, "--model.mask_patch_size=16"], 300),
+    "maskmatch, concat": ("maskmatch", [ALL_BN, CONCAT], 300),
+    "maskmatch, concat, ramp-up 150": ("maskmatch", [ALL_BN, CONCAT, "--model.unsup_rampup_steps=150"], 300),
+    "maskmatch, sequential": ("maskmatch", [ALL_BN, SEQUENTIAL], 300),
+    "maskmatch, sequential, mask ratio 0.5": ("maskmatch", [ALL_BN, SEQUENTIAL, "--model.mask_ratio=0.5"], 300),
+    "maskmatch, sequential, patch 16": ("maskmatch", [ALL_BN, SEQUENTIAL, "--model.mask_patch_size=16"], 300),
     "fixmatch, sequential, BN stats from labeled": ("fixmatch", [SEQUENTIAL, "--model.norm_stats=labeled"], 300),
     "maskmatch, sequential, BN stats from labeled": ("maskmatch", [SEQUENTIAL, "--model.norm_stats=labeled"], 300),
+    "maskmatch, sequential, BN stats from labeled, masked view of the weak image": (
+        "maskmatch",
+        [SEQUENTIAL, "--model.norm_stats=labeled", "--model.masked_view=weak"],
+        300,
+    ),
+    "fixmatch, sequential, threshold 0.8": ("fixmatch", [SEQUENTIAL, "--model.conf_threshold=0.8"], 300),
+    "maskmatch, sequential, BN stats from labeled, threshold 0.8": (
+        "maskmatch",
+        [SEQUENTIAL, "--model.norm_stats=labeled", "--model.conf_threshold=0.8"],
+        300,
+    ),
 }
 
 
@@ -53,6 +65,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sweep")
     parser.add_argument("--table-only", action="store_true", help="only print the table of saved runs")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the runs start in the repository root; a relative --out means here
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     lines = ["| variant | steps | val mIoU % (n) | time / run (s) |", "|---|---|---|---|"]
     for name in args.variants:

@@ -83,7 +83,8 @@ def test_norm_stats_labeled_keeps_running_statistics_of_the_labeled_batch_only(t
     import copy
 
     batch = make_batch()
-    module = MaskMatchModule(**tiny_module_kwargs, norm_stats="labeled")
+    module = MaskMatchModule(**tiny_module_kwargs)  # norm_stats="labeled" is the default
+    assert module.hparams.norm_stats == "labeled"
     reference = copy.deepcopy(module.network).train()
     with torch.no_grad():
         reference(batch["labeled"]["image"])  # what the running statistics should become
@@ -101,8 +102,8 @@ def test_norm_stats_labeled_keeps_running_statistics_of_the_labeled_batch_only(t
     assert any(not torch.allclose(mixed[name].float(), expected[name].float()) for name in norms)
     momenta = {m.momentum for m in module.network.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert 0.0 not in momenta  # restored after the step
-    with pytest.raises(ValueError, match="norm_stats='labeled' needs student_forward='sequential'"):
-        MaskMatchModule(**tiny_module_kwargs, norm_stats="labeled", student_forward="concat")
+    with pytest.raises(ValueError, match=r"norm_stats='labeled' \(the default\) needs student_forward='sequential'"):
+        MaskMatchModule(**tiny_module_kwargs, student_forward="concat")
 
 
 def test_supervised_baseline_needs_no_unlabeled_loader_and_others_say_what_is_missing(tiny_module_kwargs):
@@ -115,7 +116,7 @@ def test_supervised_baseline_needs_no_unlabeled_loader_and_others_say_what_is_mi
 
 
 def test_concat_and_sequential_student_passes_agree_in_eval_mode(tiny_module_kwargs):
-    module = MaskMatchModule(**tiny_module_kwargs).eval()
+    module = MaskMatchModule(**tiny_module_kwargs, student_forward="concat", norm_stats="all").eval()
     inputs = [torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)]
     together = module.student_logits(inputs)
     module.hparams.student_forward = "sequential"
@@ -170,3 +171,27 @@ def test_ema_teacher_follows_the_student_and_is_saved(tiny_module_kwargs):
     torch.testing.assert_close(
         module.teacher_network.get_parameter(name), 0.9 * teacher_before[name] + 0.1 * student[name]
     )
+
+
+def test_ema_teacher_updates_once_per_optimiser_step_under_gradient_accumulation(tiny_module_kwargs, monkeypatch):
+    import lightning as L
+
+    import maskmatch_pl.module as module_file
+
+    steps = []
+    monkeypatch.setattr(module_file, "ema_update", lambda teacher, student, momentum: steps.append(momentum))
+    module = MaskMatchModule(**{**tiny_module_kwargs, "teacher": "ema", "ema_momentum": 0.9})
+    batches = torch.utils.data.DataLoader([make_batch(seed=seed) for seed in range(4)], batch_size=None)
+    trainer = L.Trainer(
+        max_steps=2,
+        accumulate_grad_batches=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, train_dataloaders=batches)
+    assert trainer.global_step == 2
+    assert steps == [0.0, 0.5]  # 4 micro-batches, 2 optimiser steps: warm-up momenta of steps 0 and 1
