@@ -2,12 +2,14 @@
 same step budget through the real CLI; prints a markdown table of val mIoU (mean ± std over
 seeds) and wall time per run.
 
-    python benchmarks/ablation.py                       # the whole grid (about an hour, 2 CPU cores)
-    python benchmarks/ablation.py --methods maskmatch --ratios 1_16 --seeds 0   # one row alone
+    python benchmarks/ablation.py                       # the whole grid (1/16 labeled, 3 seeds, 1,000 steps)
+    python benchmarks/ablation.py --methods maskmatch --seeds 0   # one row alone
     python benchmarks/ablation.py --table-only --plot   # table and plots from saved results
 
 Results go to ``--out`` (``benchmarks/results``): one JSON per run (a finished run is not
-run again), the CSV logs, and with ``--plot`` two PNGs.
+run again), the CSV logs, and with ``--plot`` two PNGs. Every semi-supervised run also scores
+its pseudo-labels against the unlabeled canvases' masks, which no loss reads
+(``data.unlabeled_masks_for_monitoring``), and keeps the last scores in its JSON.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "supervised": ("configs/demo_supervised.yaml", []),
     "fixmatch": ("configs/demo_fixmatch.yaml", []),
     # the masked view as MaskMatch (configs/demo.yaml) adds it: BatchNorm statistics from the labeled forward only
-    "fixmatch+masked": ("configs/demo_fixmatch.yaml", ["--model.masked_weight=0.5", "--model.norm_stats=labeled"]),
+    "fixmatch+masked": (
+        "configs/demo_fixmatch.yaml",
+        [
+            "--model.masked_weight=0.5",
+            "--model.norm_stats=labeled",
+            "--model.mask_ratio=0.7",
+            "--model.mask_patch_size=8",
+        ],
+    ),
     "fixmatch+multiscale": ("configs/demo_fixmatch.yaml", ["--model.pseudo_label_scales=[0.75, 1.0, 1.25]"]),
     "maskmatch": ("configs/demo.yaml", []),
     "maskmatch+ema": ("configs/demo.yaml", ["--model.teacher=ema"]),
@@ -40,9 +50,18 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "unimatch+maskmatch": ("configs/demo_unimatch_maskmatch.yaml", []),
     "supervised-all-labels": ("configs/demo_supervised.yaml", ["--data.split=full"]),
 }
-CORE = ["supervised", "fixmatch", "fixmatch+masked", "fixmatch+multiscale", "maskmatch", "maskmatch+ema"]
+CORE = [
+    "supervised",
+    "fixmatch",
+    "fixmatch+masked",
+    "fixmatch+multiscale",
+    "maskmatch",
+    "unimatch",
+    "unimatch+maskmatch",
+]
 CEILING = "supervised-all-labels"  # trained once per seed on every label ("full"), shown in every column
-RATIOS = {"1_16": 1 / 16, "1_4": 1 / 4}
+RATIOS = {"1_16": 1 / 16, "1_8": 1 / 8, "1_4": 1 / 4}
+PSEUDO = ("pseudo/mIoU", "pseudo_single_scale/mIoU", "pseudo/acc_confident", "pseudo/confident_fraction")
 
 
 def run_one(method: str, ratio: str, seed: int, args: argparse.Namespace) -> dict:
@@ -69,13 +88,14 @@ def run_one(method: str, ratio: str, seed: int, args: argparse.Namespace) -> dic
         f"--trainer.val_check_interval={args.val_every}",
         "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={folder}",
-        f"--trainer.logger.init_args.save_dir={folder}",
-        "--trainer.logger.init_args.name=logs",
-        "--trainer.logger.init_args.version=version_0",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.save_dir={folder}",
+        "--trainer.logger.name=logs",
+        "--trainer.logger.version=version_0",
         "--trainer.enable_checkpointing=false",
         "--trainer.callbacks=[]",
-        "--model.log_panels=0",
         f"--data.num_workers={args.workers}",
+        "--data.unlabeled_masks_for_monitoring=true",
         *args.extra,
     ]
     if folder.exists():  # an unfinished or --force'd cell: its old logs would block the new run
@@ -89,6 +109,8 @@ def run_one(method: str, ratio: str, seed: int, args: argparse.Namespace) -> dic
         raise RuntimeError(f"{method} {ratio} seed {seed} failed; see {folder / 'output.log'}")
     rows = list(csv.DictReader(open(folder / "logs" / "version_0" / "metrics.csv")))
     curve = [(int(r["step"]), float(r["val/mIoU"])) for r in rows if r.get("val/mIoU")]
+    scored = [r for r in rows if r.get(PSEUDO[0])]
+    pseudo = {key: float(scored[-1][key]) for key in PSEUDO if scored and scored[-1].get(key)}
     result = {
         "method": method,
         "ratio": ratio,
@@ -96,31 +118,54 @@ def run_one(method: str, ratio: str, seed: int, args: argparse.Namespace) -> dic
         "steps": args.steps,
         "miou": curve[-1][1],
         "curve": curve,
+        "pseudo": pseudo,
         "seconds": seconds,
     }
     result_file.write_text(json.dumps(result))
     return result
 
 
+def _mean_std(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {spread:.1f} ({len(values)})" if values else "—"
+
+
 def table(results: list[dict], methods: list[str], ratios: list[str]) -> str:
-    """Markdown: val mIoU (%) mean ± std over seeds per method and ratio, and the median wall time
-    per run (robust to a run slowed by other work on the machine)."""
+    """Markdown: val mIoU (%) mean ± std over seeds per method and ratio; at the first ratio the
+    gain over the supervised row, the share of the gap to all labels that it closes, and the
+    last pseudo-label mIoU against the unlabeled masks (fused over the teacher's scales / scale 1
+    alone); the median wall time per run (robust to a run slowed by other work on the machine)."""
+
+    def runs(method: str, ratio: str) -> list[dict]:
+        return [r for r in results if r["method"] == method and (r["ratio"] == ratio or method == CEILING)]
+
+    first = ratios[0]
+    base = [r["miou"] * 100 for r in runs("supervised", first)]
+    ceiling = [r["miou"] * 100 for r in runs(CEILING, first)]
     lines = [
         "| method | "
         + " | ".join(f"{r.replace('_', '/')} labeled: mIoU % (n)" for r in ratios)
+        + " | gain over supervised | gap to all labels closed | pseudo-label mIoU %, fused / 1 scale"
         + " | time / run (s, median) |",
-        "|---" * (len(ratios) + 2) + "|",
+        "|---" * (len(ratios) + 5) + "|",
     ]
     for method in methods:
-        cells, times = [], []
-        for ratio in ratios:
-            runs = [r for r in results if r["method"] == method and (r["ratio"] == ratio or method == CEILING)]
-            values = [r["miou"] * 100 for r in runs]
-            times += [r["seconds"] for r in runs]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f} ({len(values)})" if values else "—")
+        cells = [_mean_std([r["miou"] * 100 for r in runs(method, ratio)]) for ratio in ratios]
+        mine = [r["miou"] * 100 for r in runs(method, first)]
+        gain = gap = pseudo = "—"
+        if mine and base and method not in ("supervised", CEILING):
+            delta = statistics.mean(mine) - statistics.mean(base)
+            gain = f"{delta:+.1f}"
+            if ceiling and statistics.mean(ceiling) > statistics.mean(base):
+                gap = f"{delta / (statistics.mean(ceiling) - statistics.mean(base)):.0%}"
+        scores = [r.get("pseudo", {}) for r in runs(method, first)]
+        if scores and all("pseudo/mIoU" in x for x in scores):
+            fused = statistics.mean(x["pseudo/mIoU"] * 100 for x in scores)
+            single = statistics.mean(x["pseudo_single_scale/mIoU"] * 100 for x in scores)
+            pseudo = f"{fused:.1f} / {single:.1f}"
+        times = [r["seconds"] for ratio in ratios for r in runs(method, ratio)]
         time_cell = f"{statistics.median(times):.0f}" if times else "—"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {time_cell} |")
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {gain} | {gap} | {pseudo} | {time_cell} |")
     return "\n".join(lines)
 
 
@@ -129,50 +174,78 @@ def plot(
     methods: list[str],
     ratios: list[str],
     out: Path,
-    curves: tuple[str, ...] = ("supervised", "maskmatch"),
+    curves: tuple[str, ...] = ("supervised", "fixmatch", "maskmatch", "supervised-all-labels"),
 ) -> None:
+    """``miou_by_method.png`` (mean ± std over seeds at the first ratio), ``miou_over_steps.png``
+    (val mIoU over steps, mean over seeds, for ``curves``) and, with several ratios,
+    ``miou_vs_ratio.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for method in methods:
-        points = [
-            (RATIOS[r], statistics.mean(x["miou"] * 100 for x in results if x["method"] == method and x["ratio"] == r))
-            for r in ratios
-            if any(x["method"] == method and x["ratio"] == r for x in results)
-        ]
-        if points and method != CEILING:
-            axis.plot(*zip(*points), marker="o", label=method)
-    ceiling = [x["miou"] * 100 for x in results if x["method"] == CEILING]
-    if ceiling:
-        axis.axhline(statistics.mean(ceiling), color="black", linestyle="--", label=f"{CEILING} (ceiling)")
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("fraction of training canvases labeled")
-    axis.set_ylabel("val mIoU (%)")
-    axis.legend(fontsize=7)
+    first = ratios[0]
+    shown = [m for m in methods if any(x["method"] == m and (x["ratio"] == first or m == CEILING) for x in results)]
+    values = [
+        [x["miou"] * 100 for x in results if x["method"] == m and (x["ratio"] == first or m == CEILING)] for m in shown
+    ]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.bar(
+        range(len(shown)),
+        [statistics.mean(v) for v in values],
+        yerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in values],
+        capsize=3,
+        color=["grey" if m in ("supervised", CEILING) else "tab:blue" for m in shown],
+    )
+    axis.set_xticks(range(len(shown)), shown, rotation=30, ha="right", fontsize=8)
+    axis.set_ylabel(f"val mIoU (%), {first.replace('_', '/')} labeled")
+    low = min(min(v) for v in values)
+    axis.set_ylim(max(0, low - 10), None)
     figure.tight_layout()
-    figure.savefig(out / "miou_vs_ratio.png", dpi=120)
+    figure.savefig(out / "miou_by_method.png", dpi=120)
     figure, axis = plt.subplots(figsize=(6, 4))
     for method in curves:
-        for result in results:
-            if result["method"] == method and result["ratio"] == ratios[0] and result["seed"] == 0:
-                axis.plot(*zip(*[(s, m * 100) for s, m in result["curve"]]), marker=".", label=method)
+        runs = [x for x in results if x["method"] == method and (x["ratio"] == first or method == CEILING)]
+        if runs:
+            steps = [s for s, _ in runs[0]["curve"]]
+            means = [statistics.mean(r["curve"][i][1] * 100 for r in runs) for i in range(len(steps))]
+            axis.plot(steps, means, marker=".", label=f"{method} (n={len(runs)})")
     axis.set_xlabel("training step")
-    axis.set_ylabel(f"val mIoU (%), {ratios[0].replace('_', '/')} labeled, seed 0")
-    axis.legend()
+    axis.set_ylabel(f"val mIoU (%), {first.replace('_', '/')} labeled, mean over seeds")
+    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(out / "miou_over_steps.png", dpi=120)
+    if len(ratios) > 1:
+        figure, axis = plt.subplots(figsize=(6, 4))
+        for method in methods:
+            points = [
+                (
+                    RATIOS[r],
+                    statistics.mean(x["miou"] * 100 for x in results if x["method"] == method and x["ratio"] == r),
+                )
+                for r in ratios
+                if any(x["method"] == method and x["ratio"] == r for x in results)
+            ]
+            if points and method != CEILING:
+                axis.plot(*zip(*points), marker="o", label=method)
+        ceiling = [x["miou"] * 100 for x in results if x["method"] == CEILING]
+        if ceiling:
+            axis.axhline(statistics.mean(ceiling), color="black", linestyle="--", label=f"{CEILING} (ceiling)")
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("fraction of training canvases labeled")
+        axis.set_ylabel("val mIoU (%)")
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(out / "miou_vs_ratio.png", dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=[*CORE, CEILING], choices=list(METHODS))
-    parser.add_argument("--ratios", nargs="+", default=list(RATIOS), choices=list(RATIOS))
+    parser.add_argument("--ratios", nargs="+", default=["1_16"], choices=list(RATIOS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=250, help="optimiser steps per run (same for every row)")
-    parser.add_argument("--val-every", type=int, default=50, help="validate every this many steps")
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps per run (same for every row)")
+    parser.add_argument("--val-every", type=int, default=250, help="validate every this many steps")
     parser.add_argument("--workers", type=int, default=1, help="data loader workers per run")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--force", action="store_true", help="rerun cells that already have a result")
@@ -181,9 +254,9 @@ def main() -> None:
     parser.add_argument(
         "--curves",
         nargs="+",
-        default=["supervised", "maskmatch"],
+        default=["supervised", "fixmatch", "maskmatch", "supervised-all-labels"],
         choices=list(METHODS),
-        help="methods in the plot of val mIoU over steps (seed 0, first ratio)",
+        help="methods in the plot of val mIoU over steps (mean over seeds, first ratio)",
     )
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more maskmatch-pl arguments")
     args = parser.parse_args()

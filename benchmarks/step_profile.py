@@ -25,26 +25,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from maskmatch_pl import MaskMatchModule, consistency_loss
-from maskmatch_pl.losses import supervised_loss
-from maskmatch_pl.multiscale import pseudo_labels
+from maskmatch_pl import MaskMatchModule, PseudoLabels, consistency_loss, cutmix, forward_views
 
 MODELS = {
-    "demo (DeepLabV3+ EfficientNet-Lite0, 64 px)": (
+    "demo (FPN EfficientNet-Lite0, 64 px)": (
         dict(
-            arch="DeepLabV3Plus",
+            arch="FPN",
             encoder_name="tu-tf_efficientnet_lite0",
-            model_kwargs={"decoder_channels": 64},
-            mask_patch_size=8,
-        ),
-        64,
-        8,
-    ),
-    "Unet mobilenetv3-small, 64 px (the demo model before 2026-11-24, session 2)": (
-        dict(
-            arch="Unet",
-            encoder_name="tu-mobilenetv3_small_100",
-            model_kwargs={"encoder_depth": 5, "decoder_channels": [64, 32, 16, 16, 16]},
+            model_kwargs={"decoder_pyramid_channels": 64, "decoder_segmentation_channels": 32},
             mask_patch_size=8,
         ),
         64,
@@ -95,68 +83,90 @@ class Timer:
         self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
 
 
-def profile(module: MaskMatchModule, batch: dict, args, repeats: int) -> tuple[dict, dict, dict]:
+def build(kwargs: dict, args, mode: str = "sequential") -> MaskMatchModule:
+    """The profiled module on ``args.device`` with ``student_forward=mode`` (``concat`` needs
+    ``norm_stats='all'``), channels-last and compiled when asked."""
+    norm_stats = "all" if mode == "concat" else "labeled"
+    module = MaskMatchModule(
+        num_classes=11, encoder_weights=None, student_forward=mode, norm_stats=norm_stats, **kwargs
+    )
+    module = module.to(args.device)
+    if args.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    if args.compile:
+        module.network.net = torch.compile(module.network.net)
+    return module
+
+
+def twin(module: MaskMatchModule, kwargs: dict, args, mode: str) -> MaskMatchModule:
+    """:func:`build` with the weights of ``module``."""
+    other = build(kwargs, args, mode)
+    other.load_state_dict(module.state_dict())
+    return other
+
+
+def profile(module: MaskMatchModule, kwargs: dict, batch: dict, args, repeats: int) -> tuple[dict, dict, dict]:
     device = args.device
-    optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9)
     autocast = (
         torch.autocast(device_type=device, dtype=torch.bfloat16)
         if args.precision == "bf16-mixed"
         else contextlib.nullcontext()
     )
     timer = Timer(device)
-    module.log = lambda *a, **k: None
-    hp = module.hparams
+    weights, threshold = module.weights, module.conf_threshold
     labeled, unlabeled = batch["labeled"], batch["unlabeled"]
+    optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9)
     for iteration in range(repeats + 2):
         if iteration == 2:
             timer.totals.clear()
         with autocast:
             with timer("teacher multi-scale pass"):
-                confidence, pseudo_label = pseudo_labels(module.teacher_probabilities(unlabeled["image"]))
+                targets = PseudoLabels.from_probabilities(
+                    module.teacher.probabilities(unlabeled["image"]), unlabeled["ignore_mask"]
+                )
             with timer("CutMix + patch masks"):
                 rng = torch.Generator().manual_seed(iteration)
-                strong, targets = module._cutmix_view(
-                    unlabeled["strong"], (pseudo_label, confidence, unlabeled["ignore_mask"]), rng
-                )
-                masked = module._masked_copy(strong, rng)
+                strong, targets = cutmix(unlabeled["strong"], targets, module.cutmix_prob, rng)
+                masked = module.masking(strong, rng)
             with timer("student labeled + strong pass"):
-                logits_l, logits_s = module.student_logits([labeled["image"], strong])
-                loss = hp.sup_weight * supervised_loss(logits_l, labeled["mask"]) + hp.strong_weight * consistency_loss(
-                    logits_s, *targets, hp.conf_threshold
+                logits_l, logits_s = forward_views(
+                    module.network, [labeled["image"], strong], update_stats=[True, False]
+                )
+                loss = weights.sup * module.sup_loss(logits_l, labeled["mask"]) + weights.strong * consistency_loss(
+                    logits_s, targets, threshold
                 )
             with timer("student masked pass"):
-                loss = loss + hp.masked_weight * consistency_loss(module.network(masked), *targets, hp.conf_threshold)
+                (logits_m,) = forward_views(module.network, [masked], update_stats=[False])
+                loss = loss + weights.masked * consistency_loss(logits_m, targets, threshold)
         with timer("backward"):
             loss.backward()
         with timer("optimiser step"):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     parts = {k: v / repeats for k, v in timer.totals.items()}
-    whole = {}
+    whole, memory = {}, {}
     for mode in ("sequential", "concat"):  # sequential runs the same passes as the parts above
-        module.hparams.student_forward = mode
+        step_module = twin(module, kwargs, args, mode)
+        step_module.log = lambda *a, **k: None
+        optimizer = torch.optim.SGD(step_module.parameters(), lr=1e-3, momentum=0.9)
         timer.totals.clear()
         for iteration in range(repeats + 2):
             if iteration == 2:
                 timer.totals.clear()
             with timer("direct"):
                 with autocast:
-                    loss = module.training_step(batch, 1)
+                    loss = step_module.training_step(batch, 1)
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        whole[mode] = (timer.totals["direct"] / repeats, lightning_step_time(module, batch, args, repeats))
-    memory = {}
-    if device == "cuda":
-        for mode in ("concat", "sequential"):
-            module.hparams.student_forward = mode
+        if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             with autocast:
-                loss = module.training_step(batch, 1)
+                loss = step_module.training_step(batch, 1)
             loss.backward()
             optimizer.zero_grad(set_to_none=True)
             memory[mode] = torch.cuda.max_memory_allocated() / 2**20
-        module.hparams.student_forward = "concat"
+        whole[mode] = (timer.totals["direct"] / repeats, lightning_step_time(step_module, batch, args, repeats))
     return parts, whole, memory
 
 
@@ -202,8 +212,9 @@ def peak_rss_mib(name: str, mode: str, steps: int = 3) -> float:
     code = (
         "import resource, sys, torch; sys.argv = ['x']; import step_profile as s; "
         f"kw, size, b = s.MODELS[{name!r}]; "
-        "m = s.MaskMatchModule(num_classes=11, encoder_weights=None, log_panels=0, "
-        f"student_forward={mode!r}, **kw); m.log = lambda *a, **k: None; batch = s.make_batch(size, b, 'cpu')\n"
+        "m = s.MaskMatchModule(num_classes=11, encoder_weights=None, "
+        f"student_forward={mode!r}, norm_stats={'all' if mode == 'concat' else 'labeled'!r}, **kw); "
+        "m.log = lambda *a, **k: None; batch = s.make_batch(size, b, 'cpu')\n"
         f"for _ in range({steps}): m.training_step(batch, 1).backward()\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     )
@@ -228,13 +239,9 @@ def main() -> None:
     )
     for name in args.models:
         kwargs, size, batch_size = MODELS[name]
-        module = MaskMatchModule(num_classes=11, encoder_weights=None, log_panels=0, **kwargs).to(args.device)
-        if args.channels_last:
-            module = module.to(memory_format=torch.channels_last)
-        if args.compile:
-            module.network.net = torch.compile(module.network.net)
+        module = build(kwargs, args)
         batch = make_batch(size, batch_size, args.device)
-        parts, whole, memory = profile(module, batch, args, args.repeats)
+        parts, whole, memory = profile(module, kwargs, batch, args, args.repeats)
         total = sum(parts.values())
         print(f"### {name}, batch {batch_size} labeled + {batch_size} unlabeled\n")
         print("| part | ms | share of the sum |\n|---|---|---|")

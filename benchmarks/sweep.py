@@ -1,9 +1,11 @@
-"""The sweep behind the demo defaults: one knob at a time from the demo configs, 1/16 labeled,
-300 steps; prints a markdown table of val mIoU (mean ± std over seeds) and wall time per run.
+"""The sweep behind the demo defaults and the diagnosis of the masked view and multi-scale:
+one knob at a time from the demo configs, 1/16 labeled, 1,000 steps, seed 0; prints a markdown
+table of val mIoU, the pseudo-label mIoU against the unlabeled masks (fused over scales / scale 1
+alone), the share of digit pixels that are confident, and the wall time per run.
 
     python benchmarks/sweep.py                                   # every variant, seed 0
     python benchmarks/sweep.py --table-only                      # the table of the saved runs
-    python benchmarks/sweep.py --variants "maskmatch, sequential" --seeds 0 1 2
+    python benchmarks/sweep.py --variants "fixmatch+masked, tau 0.7" --seeds 0 1 2
 
 Each run goes through :func:`ablation.run_one` (the real CLI, one JSON per run, a finished run
 is not run again) into ``--out/<variant>``.
@@ -12,6 +14,7 @@ is not run again) into ``--out/<variant>``.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import statistics
@@ -19,35 +22,47 @@ from pathlib import Path
 
 from ablation import REPO, run_one
 
+
+def tau(value: float) -> str:
+    return f"--model.conf_threshold={value}"
+
+
+T7 = tau(0.7)
 # variant -> (method of the ablation grid, extra maskmatch-pl arguments, steps); 1/16 labeled.
-# Each question is answered against its neighbour: BatchNorm batches (concat vs sequential
-# forwards), a ramp-up of the unlabeled weights, the masked view's ratio, patch size and source
-# image, which forwards update the BatchNorm running statistics, and the confidence threshold.
-CONCAT, SEQUENTIAL = "--model.student_forward=concat", "--model.student_forward=sequential"
-ALL_BN = "--model.norm_stats=all"  # configs/demo.yaml says `labeled` since 2026-11-24; these rows ran before
+# Questions, each against its neighbour: the confidence threshold (FixMatch), the reference's
+# teacher pass, EMA teacher and BatchNorm policy; then, at tau 0.7, what the masked view and
+# multi-scale pseudo-labels do and which of their knobs change that.
 VARIANTS: dict[str, tuple[str, list[str], int]] = {
-    "supervised": ("supervised", [], 300),
-    "fixmatch, concat": ("fixmatch", [CONCAT], 300),
-    "fixmatch, concat, ramp-up 150": ("fixmatch", [CONCAT, "--model.unsup_rampup_steps=150"], 300),
-    "fixmatch, sequential": ("fixmatch", [SEQUENTIAL], 300),
-    "maskmatch, concat": ("maskmatch", [ALL_BN, CONCAT], 300),
-    "maskmatch, concat, ramp-up 150": ("maskmatch", [ALL_BN, CONCAT, "--model.unsup_rampup_steps=150"], 300),
-    "maskmatch, sequential": ("maskmatch", [ALL_BN, SEQUENTIAL], 300),
-    "maskmatch, sequential, mask ratio 0.5": ("maskmatch", [ALL_BN, SEQUENTIAL, "--model.mask_ratio=0.5"], 300),
-    "maskmatch, sequential, patch 16": ("maskmatch", [ALL_BN, SEQUENTIAL, "--model.mask_patch_size=16"], 300),
-    "fixmatch, sequential, BN stats from labeled": ("fixmatch", [SEQUENTIAL, "--model.norm_stats=labeled"], 300),
-    "maskmatch, sequential, BN stats from labeled": ("maskmatch", [SEQUENTIAL, "--model.norm_stats=labeled"], 300),
-    "maskmatch, sequential, BN stats from labeled, masked view of the weak image": (
-        "maskmatch",
-        [SEQUENTIAL, "--model.norm_stats=labeled", "--model.masked_view=weak"],
-        300,
+    "supervised": ("supervised", [], 1000),
+    "fixmatch, tau 0.95": ("fixmatch", [tau(0.95)], 1000),
+    "fixmatch, tau 0.9": ("fixmatch", [tau(0.9)], 1000),
+    "fixmatch, tau 0.8": ("fixmatch", [tau(0.8)], 1000),
+    "fixmatch, tau 0.7": ("fixmatch", [T7], 1000),
+    "fixmatch, tau 0.6": ("fixmatch", [tau(0.6)], 1000),
+    "fixmatch, tau 0.5": ("fixmatch", [tau(0.5)], 1000),
+    "fixmatch, tau 0.95, joint teacher pass (the reference)": (
+        "fixmatch",
+        [tau(0.95), "--model.teacher_pass=joint"],
+        1000,
     ),
-    "fixmatch, sequential, threshold 0.8": ("fixmatch", [SEQUENTIAL, "--model.conf_threshold=0.8"], 300),
-    "maskmatch, sequential, BN stats from labeled, threshold 0.8": (
-        "maskmatch",
-        [SEQUENTIAL, "--model.norm_stats=labeled", "--model.conf_threshold=0.8"],
-        300,
+    "fixmatch, tau 0.95, EMA teacher": ("fixmatch", [tau(0.95), "--model.teacher=ema"], 1000),
+    "fixmatch, tau 0.95, BN statistics from labeled": ("fixmatch", [tau(0.95), "--model.norm_stats=labeled"], 1000),
+    "maskmatch, tau 0.8": ("maskmatch", [tau(0.8)], 1000),
+    "fixmatch+masked, tau 0.7": ("fixmatch+masked", [T7], 1000),
+    "fixmatch+masked, tau 0.7, patch 4": ("fixmatch+masked", [T7, "--model.mask_patch_size=4"], 1000),
+    "fixmatch+masked, tau 0.7, ratio 0.5": ("fixmatch+masked", [T7, "--model.mask_ratio=0.5"], 1000),
+    "fixmatch+masked, tau 0.7, ratio 0.3": ("fixmatch+masked", [T7, "--model.mask_ratio=0.3"], 1000),
+    "fixmatch+masked, tau 0.7, weight 0.25": ("fixmatch+masked", [T7, "--model.masked_weight=0.25"], 1000),
+    "fixmatch+masked, tau 0.7, weak view masked": ("fixmatch+masked", [T7, "--model.masked_view=weak"], 1000),
+    "fixmatch+masked, tau 0.7, masked ramp-up 500": ("fixmatch+masked", [T7, "--model.masked_rampup_steps=500"], 1000),
+    "fixmatch+masked, tau 0.7, BN statistics from all views": ("fixmatch+masked", [T7, "--model.norm_stats=all"], 1000),
+    "fixmatch+masked, tau 0.7, loss on visible pixels only": (
+        "fixmatch+masked",
+        [T7, "--model.masked_loss_on=visible"],
+        1000,
     ),
+    "fixmatch+multiscale, tau 0.7": ("fixmatch+multiscale", [T7], 1000),
+    "fixmatch, tau 0.7, scales 1 + 1.5": ("fixmatch", [T7, "--model.pseudo_label_scales=[1.0, 1.5]"], 1000),
 }
 
 
@@ -55,19 +70,34 @@ def folder_name(variant: str) -> str:
     return variant.replace(", ", "_").replace(" ", "-")
 
 
+def digit_confidence(result: dict, folder: Path) -> float | None:
+    """Mean over the digit classes of the share of their pixels that are confident, at the last score."""
+    logs = folder / result["method"] / result["ratio"] / f"seed{result['seed']}" / "logs" / "version_0" / "metrics.csv"
+    if not logs.is_file():
+        return None
+    rows = [row for row in csv.DictReader(open(logs)) if row.get("pseudo/mIoU")]
+    shares = [
+        float(v) for k, v in (rows[-1].items() if rows else []) if k.startswith("pseudo/confident_fraction_digit") and v
+    ]
+    return statistics.mean(shares) if shares else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--ratio", default="1_16")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--val-every", type=int, default=100)
+    parser.add_argument("--val-every", type=int, default=250)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sweep")
     parser.add_argument("--table-only", action="store_true", help="only print the table of saved runs")
     args = parser.parse_args()
     args.out = args.out.resolve()  # the runs start in the repository root; a relative --out means here
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    lines = ["| variant | steps | val mIoU % (n) | time / run (s) |", "|---|---|---|---|"]
+    lines = [
+        "| variant | val mIoU % (n) | pseudo-label mIoU %, fused / 1 scale | digit pixels confident | time / run (s) |",
+        "|---|---|---|---|---|",
+    ]
     for name in args.variants:
         method, extra, steps = VARIANTS[name]
         run_args = argparse.Namespace(
@@ -87,9 +117,17 @@ def main() -> None:
             results = [run_one(method, args.ratio, seed, run_args) for seed in args.seeds]
         values = [r["miou"] * 100 for r in results]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        scores = [r.get("pseudo", {}) for r in results]
+        pseudo = "—"
+        if all("pseudo/mIoU" in x for x in scores):
+            fused = statistics.mean(x["pseudo/mIoU"] * 100 for x in scores)
+            single = statistics.mean(x["pseudo_single_scale/mIoU"] * 100 for x in scores)
+            pseudo = f"{fused:.1f} / {single:.1f}"
+        digits = [d for r in results if (d := digit_confidence(r, run_args.out)) is not None]
+        digit_cell = f"{statistics.mean(digits):.0%}" if digits else "—"
         seconds = statistics.mean(r["seconds"] for r in results)
         miou = f"{statistics.mean(values):.1f} ± {spread:.1f} ({len(values)})"
-        lines.append(f"| {name} | {run_args.steps} | {miou} | {seconds:.0f} |")
+        lines.append(f"| {name} | {miou} | {pseudo} | {digit_cell} | {seconds:.0f} |")
         print(lines[-1], flush=True)
     print("\n".join(lines))
 

@@ -1,14 +1,13 @@
 """MaskMatch inside your own LightningModule, without MaskMatchModule.
 
 A plain LightningModule with its own DataModule (synthetic shapes: discs and squares on
-noise) adds MaskMatch's parts to its training step with maskmatch_pl's public functions:
-multi-scale pseudo-labels, CutMix, the masked view, the reference consistency loss and an
-EMA teacher. Run it: ``python examples/own_lightning_module.py`` (about a minute on a CPU).
+noise) adds MaskMatch's parts to its training step with maskmatch_pl's public API: an EMA
+``Teacher`` with multi-scale pseudo-labels, ``cutmix`` of a view with its targets, the
+``masked_view`` and the reference ``consistency_loss``. Run it:
+``python examples/own_lightning_module.py`` (about a minute on a CPU).
 """
 
 from __future__ import annotations
-
-import copy
 
 import lightning as L
 import torch
@@ -16,18 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from maskmatch_pl import (
-    apply_patch_mask,
-    consistency_loss,
-    cutmix_boxes,
-    ema_momentum,
-    ema_update,
-    multiscale_probabilities,
-    partner_indices,
-    paste,
-    pseudo_labels,
-    random_patch_mask,
-)
+from maskmatch_pl import PseudoLabels, Teacher, consistency_loss, cutmix, masked_view
 
 
 class Shapes(Dataset):
@@ -79,32 +67,24 @@ class MySegmenter(L.LightningModule):
             nn.ReLU(),
             nn.Conv2d(32, 3, 1),
         )
-        self.teacher = copy.deepcopy(self.net).requires_grad_(False)
+        self.teacher = Teacher(self.net, "ema", momentum=0.99, scales=(0.75, 1.0, 1.25))
         self.threshold, self.mask_ratio, self.patch = threshold, mask_ratio, patch
 
     def training_step(self, batch, batch_idx):
         labeled, unlabeled = batch["labeled"], batch["unlabeled"]
-        weak, strong = unlabeled["image"], unlabeled["strong"]
-        ignore = torch.zeros(weak.shape[0], *weak.shape[2:], dtype=torch.long, device=weak.device)
-        with torch.no_grad():  # teacher: multi-scale pseudo-labels on the weak view
-            self.teacher.eval()
-            confidence, pseudo_label = pseudo_labels(multiscale_probabilities(self.teacher, weak, (0.75, 1.0, 1.25)))
-        boxes = cutmix_boxes(len(weak), 32, 32, device=weak.device)  # CutMix within the batch
-        partner = partner_indices(len(weak), weak.device)
-        strong = paste(strong, strong[partner], boxes)
-        targets = [paste(t, t[partner], boxes) for t in (pseudo_label, confidence, ignore)]
-        visible = random_patch_mask(len(weak), 32, 32, self.patch, self.mask_ratio, device=weak.device)
-        masked = apply_patch_mask(strong, visible)  # the masked-modeling view
+        targets: PseudoLabels = self.teacher.pseudo_labels(unlabeled["image"])  # multi-scale, on the weak view
+        strong, targets = cutmix(unlabeled["strong"], targets)  # the view and its targets mixed alike
+        masked = masked_view(strong, self.patch, self.mask_ratio)  # the masked-modeling view
         logits_l, logits_s, logits_m = self.net(torch.cat([labeled["image"], strong, masked])).chunk(3)
         loss_sup = F.cross_entropy(logits_l, labeled["mask"], ignore_index=255)
-        loss_strong = consistency_loss(logits_s, *targets, self.threshold)
-        loss_masked = consistency_loss(logits_m, *targets, self.threshold)
+        loss_strong = consistency_loss(logits_s, targets, self.threshold)
+        loss_masked = consistency_loss(logits_m, targets, self.threshold)
         loss = (loss_sup + loss_strong + loss_masked) / 2
         self.log_dict({"loss_sup": loss_sup, "loss_strong": loss_strong, "loss_masked": loss_masked}, prog_bar=True)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        ema_update(self.teacher, self.net, ema_momentum(self.global_step - 1, 0.99))
+        self.teacher.update(self.net, self.global_step)  # the EMA weights follow, once per optimiser step
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.net.parameters(), lr=3e-3)

@@ -3,6 +3,7 @@ the saved checkpoint."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,8 @@ def tiny_args(root, cache, extra=()):
         "--data.batch_size=2",
         "--data.crop_size=48",
         f"--trainer.default_root_dir={root}",
-        f"--trainer.logger.init_args.save_dir={root}",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.save_dir={root}",
         "--trainer.enable_progress_bar=false",
         *extra,
     ]
@@ -66,6 +68,16 @@ def test_fit_logs_losses_and_miou_and_saves_checkpoints(fitted):
         "val/IoU_digit_7",
     } <= _metrics(fitted)
     assert list(fitted.rglob("last.ckpt")) and list(fitted.rglob("config.yaml"))
+
+
+def test_val_panels_show_image_truth_prediction_pseudo_label_and_masked_view(fitted):
+    panels = sorted(fitted.rglob("panels/val_step*.png"))
+    assert panels
+    picture = np.asarray(Image.open(panels[-1]))
+    assert picture.shape == (4 * 64, 5 * 64, 3)  # 4 val canvases, 5 tiles each
+    masked = picture[:64, 4 * 64 :]
+    image = picture[:64, :64]
+    assert (masked != image).any(axis=-1).mean() > 0.3  # most 8-px patches hidden (ratio 0.7)
 
 
 @pytest.mark.parametrize("command", ["validate", "test"])
@@ -148,3 +160,27 @@ def test_print_config_shows_every_method_knob(config):
         "student_forward",
     ):
         assert knob in printed["model"], knob
+
+
+def test_default_root_dir_decides_where_logs_config_and_checkpoints_go(tmp_path, demo_cache, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory either
+    root = tmp_path / "elsewhere"
+    args = [*tiny_model_args(), f"--data.cache_dir={demo_cache}", "--data.num_workers=0", "--data.batch_size=2"]
+    config = str(Path(__file__).resolve().parent.parent / "configs" / "demo_fixmatch.yaml")
+    main(
+        [
+            "fit",
+            "--config",
+            config,
+            *args,
+            f"--trainer.default_root_dir={root}",
+            "--trainer.max_steps=2",
+            "--trainer.val_check_interval=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    version = root / "lightning_logs" / "version_0"
+    assert (version / "checkpoints" / "last.ckpt").is_file() and (version / "config.yaml").is_file()
+    assert list(version.glob("events.out.tfevents.*"))  # TensorBoard scalars and panels
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]

@@ -96,3 +96,15 @@ def test_binary_masks_stored_as_0_255_map_to_classes(tmp_path):
         [0, 1],
         [1, 0],
     ]
+
+
+def test_labeled_and_unlabeled_views_of_one_batch_slot_are_drawn_independently(demo_cache):
+    from maskmatch_pl.data import LabeledDataset, UnlabeledDataset
+
+    dm = SemiSupervisedDataModule(dataset="demo", cache_dir=str(demo_cache), num_workers=0)
+    samples = dm.samples("labeled")[:8]
+    # the same images in both sets: with a shared seed stream, slot k would get the same crop and flip
+    labeled = LabeledDataset(samples, dm.reader, 48, (0.5, 2.0), seed=3)
+    unlabeled = UnlabeledDataset(samples, dm.reader, 48, (0.5, 2.0), seed=3)
+    same = [torch.equal(labeled[k]["image"], unlabeled[k]["image"]) for k in range(8)]
+    assert not any(same)

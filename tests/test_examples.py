@@ -24,5 +24,5 @@ def test_own_lightning_module_example_trains_with_the_public_parts():
         after = torch.nn.functional.cross_entropy(trained.net.eval()(batch["image"]), batch["mask"])
     assert after < before * 0.7
     teacher, student = dict(trained.teacher.named_parameters()), dict(trained.net.named_parameters())
-    assert not torch.equal(teacher["0.weight"], untrained.teacher.get_parameter("0.weight"))  # EMA moved
-    assert not torch.equal(teacher["0.weight"], student["0.weight"])
+    assert not torch.equal(teacher["ema.0.weight"], untrained.teacher.get_parameter("ema.0.weight"))  # EMA moved
+    assert not torch.equal(teacher["ema.0.weight"], student["0.weight"])

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskmatch_pl import consistency_loss, ohem_cross_entropy
+from maskmatch_pl import PseudoLabels, consistency_loss, ohem_cross_entropy
+from maskmatch_pl.losses import LossWeights, SupervisedLoss
 
 
 def reference_unsupervised_loss(logits, pseudo_label, confidence, ignore_mask, threshold):
@@ -33,7 +34,7 @@ def test_consistency_loss_matches_the_reference_formula(threshold):
     confidence = torch.rand(2, 6, 5, generator=generator)
     confidence[0, 0, :3] = threshold  # ties count as confident (>=)
     ignore_mask = torch.where(torch.rand(2, 6, 5, generator=generator) < 0.3, 255, 0)
-    got = consistency_loss(logits, pseudo_label, confidence, ignore_mask, threshold)
+    got = consistency_loss(logits, PseudoLabels(pseudo_label, confidence, ignore_mask), threshold)
     expected = reference_unsupervised_loss(logits, pseudo_label, confidence, ignore_mask, threshold)
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
@@ -42,7 +43,7 @@ def test_consistency_loss_divides_by_non_ignored_not_by_confident_pixels():
     logits = torch.zeros(1, 2, 1, 4)  # CE = log 2 everywhere
     confidence = torch.tensor([[[1.0, 0.0, 0.0, 0.0]]])
     ignore_mask = torch.tensor([[[0, 0, 255, 255]]])
-    loss = consistency_loss(logits, torch.zeros(1, 1, 4, dtype=torch.long), confidence, ignore_mask, 0.5)
+    loss = consistency_loss(logits, PseudoLabels(torch.zeros(1, 1, 4, dtype=torch.long), confidence, ignore_mask), 0.5)
     assert loss.item() == pytest.approx(np.log(2) / 2)
 
 
@@ -81,3 +82,32 @@ def test_ohem_matches_the_reference(thresh, min_kept):
     torch.testing.assert_close(
         ohem_cross_entropy(pred, target, thresh, min_kept), reference_ohem(pred, target, thresh, min_kept)
     )
+
+
+def test_supervised_loss_is_mean_ce_and_zero_without_valid_pixels():
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 3, 4, 5, generator=generator)
+    target = torch.randint(0, 3, (2, 4, 5), generator=generator)
+    target[0, 0] = 255
+    expected = torch.nn.functional.cross_entropy(logits, target, ignore_index=255)
+    torch.testing.assert_close(SupervisedLoss()(logits, target), expected)
+    nothing = SupervisedLoss()(logits.requires_grad_(), torch.full((2, 4, 5), 255))
+    assert nothing.item() == 0.0  # not NaN: a batch whose pixels are all ignored teaches nothing
+    nothing.backward()
+    assert torch.isfinite(logits.grad).all()
+    with pytest.raises(ValueError, match="sup_loss must be 'ce' or 'ohem'"):
+        SupervisedLoss("dice")
+
+
+def test_loss_weights_ramp_up_and_sum_what_is_present():
+    weights = LossWeights(sup=0.5, strong=0.4, masked=0.6, fp=0.2, unsup_rampup_steps=100, masked_rampup_steps=50)
+    assert weights.at(0) == {"sup": 0.5, "strong": 0.0, "masked": 0.0, "fp": 0.0}
+    assert weights.at(25) == pytest.approx({"sup": 0.5, "strong": 0.1, "masked": 0.6 * 0.25 * 0.5, "fp": 0.05})
+    assert weights.at(200) == pytest.approx({"sup": 0.5, "strong": 0.4, "masked": 0.6, "fp": 0.2})
+    losses = {"sup": torch.tensor(2.0), "masked": torch.tensor(3.0)}
+    assert weights.total(losses, 200).item() == pytest.approx(0.5 * 2 + 0.6 * 3)
+    assert not LossWeights(strong=0, masked=0).uses_unlabeled
+    with pytest.raises(ValueError, match="loss weights must be >= 0"):
+        LossWeights(strong=-1)
+    with pytest.raises(ValueError, match="masked_rampup_steps must be >= 0, got -2"):
+        LossWeights(masked_rampup_steps=-2)

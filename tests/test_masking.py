@@ -46,3 +46,42 @@ def test_bad_arguments_are_refused():
         random_patch_mask(1, 8, 8, 4, 1.5)
     with pytest.raises(ValueError, match="patch_size"):
         random_patch_mask(1, 8, 8, 0, 0.5)
+
+
+def test_masked_view_draws_its_ratio_from_the_range_and_masking_checks_its_settings():
+    from maskmatch_pl import PatchMasking, masked_view
+
+    images = torch.randn(1, 3, 40, 40) + 5  # no pixel is 0 before masking
+    hidden = [
+        (masked_view(images, 4, 0.2, 0.8, generator=torch.Generator().manual_seed(seed)) == 0).all(1).float().mean()
+        for seed in range(40)
+    ]
+    assert 0.2 - 1e-6 <= min(hidden) < 0.35 and 0.65 < max(hidden) <= 0.8 + 1e-6
+    fixed = PatchMasking(patch_size=8, ratio=0.5)(images, torch.Generator().manual_seed(0))
+    assert (fixed == 0).all(1).float().mean().item() == pytest.approx(round(0.5 * 25) / 25)
+    for kwargs, message in [
+        ({"ratio": 1.5}, r"mask_ratio must be in \[0, 1\]"),
+        ({"ratio": -1}, r"mask_ratio must be in \[0, 1\]"),
+        ({"patch_size": 0}, "mask_patch_size must be a whole number of pixels >= 1"),
+        ({"ratio": 0.7, "ratio_max": 0.5}, r"mask_ratio_max must be in \[mask_ratio, 1\]"),
+        ({"view": "labeled"}, "masked_view must be 'strong' or 'weak'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            PatchMasking(**kwargs)
+
+
+def test_masking_can_keep_hidden_pixels_out_of_the_loss():
+    from maskmatch_pl import PatchMasking, PseudoLabels
+
+    images = torch.randn(2, 3, 16, 16) + 5
+    targets = PseudoLabels(torch.ones(2, 16, 16, dtype=torch.long), torch.ones(2, 16, 16), torch.zeros(2, 16, 16))
+    masked, same = PatchMasking(4, 0.5).apply(images, targets, torch.Generator().manual_seed(0))
+    assert same is targets  # the paper: every pixel keeps its target
+    masked_again, visible_only = PatchMasking(4, 0.5, loss_on="visible").apply(
+        images, targets, torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(masked, masked_again)  # the same view either way
+    hidden = (masked == 0).all(1)
+    assert hidden.float().mean().item() == pytest.approx(0.5)
+    assert torch.equal(visible_only.ignore_mask == 255, hidden)
+    assert torch.equal(visible_only.pseudo_label, targets.pseudo_label)

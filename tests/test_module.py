@@ -45,18 +45,14 @@ def run_step(module, batch):
     ],
 )
 def test_each_part_can_be_switched_off_and_logs_only_what_applies(tiny_module_kwargs, overrides, expected):
-    module = MaskMatchModule(**{**tiny_module_kwargs, **overrides})
     if overrides.get("strong_views") == 2:
-        module.hparams.masked_weight = 0.0
+        overrides = {**overrides, "masked_weight": 0.0}
         expected = expected - {"masked"}
+    module = MaskMatchModule(**{**tiny_module_kwargs, **overrides})
     loss, logged = run_step(module, make_batch(strong_views=overrides.get("strong_views", 1)))
     assert {name.removeprefix("train/loss_") for name in logged if name.startswith("train/loss_")} == expected
-    weights = {
-        "sup": module.hparams.sup_weight,
-        "strong": module.hparams.strong_weight,
-        "masked": module.hparams.masked_weight,
-        "fp": module.hparams.fp_weight,
-    }
+    hp = module.hparams
+    weights = {"sup": hp.sup_weight, "strong": hp.strong_weight, "masked": hp.masked_weight, "fp": hp.fp_weight}
     assert loss.item() == pytest.approx(sum(weights[n] * logged[f"train/loss_{n}"] for n in expected), rel=1e-5)
     assert ("train/confident_fraction" in logged) == (expected != {"sup"})
     assert all(p.grad is not None for p in module.network.parameters() if p.requires_grad)
@@ -79,6 +75,18 @@ def test_unlabeled_weights_ramp_up_linearly(tiny_module_kwargs, monkeypatch, ste
         MaskMatchModule(**tiny_module_kwargs, unsup_rampup_steps=-1)
 
 
+def test_masked_term_alone_can_ramp_up(tiny_module_kwargs, monkeypatch):
+    monkeypatch.setattr(MaskMatchModule, "global_step", property(lambda self: 50))
+    module = MaskMatchModule(**tiny_module_kwargs, masked_rampup_steps=200, conf_threshold=0.0)
+    loss, logged = run_step(module, make_batch())
+    expected = (
+        0.5 * logged["train/loss_sup"] + 0.5 * logged["train/loss_strong"] + 0.25 * 0.5 * logged["train/loss_masked"]
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="masked_rampup_steps must be >= 0, got -2"):
+        MaskMatchModule(**tiny_module_kwargs, masked_rampup_steps=-2)
+
+
 def test_norm_stats_labeled_keeps_running_statistics_of_the_labeled_batch_only(tiny_module_kwargs):
     import copy
 
@@ -88,8 +96,8 @@ def test_norm_stats_labeled_keeps_running_statistics_of_the_labeled_batch_only(t
     reference = copy.deepcopy(module.network).train()
     with torch.no_grad():
         reference(batch["labeled"]["image"])  # what the running statistics should become
-    everything = copy.deepcopy(module)
-    everything.hparams.norm_stats = "all"
+    everything = MaskMatchModule(**tiny_module_kwargs, norm_stats="all")
+    everything.load_state_dict(module.state_dict())
     run_step(module, batch)
     run_step(everything, batch)
     norms = [
@@ -116,11 +124,12 @@ def test_supervised_baseline_needs_no_unlabeled_loader_and_others_say_what_is_mi
 
 
 def test_concat_and_sequential_student_passes_agree_in_eval_mode(tiny_module_kwargs):
-    module = MaskMatchModule(**tiny_module_kwargs, student_forward="concat", norm_stats="all").eval()
+    from maskmatch_pl import forward_views
+
+    network = MaskMatchModule(**tiny_module_kwargs).network.eval()
     inputs = [torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)]
-    together = module.student_logits(inputs)
-    module.hparams.student_forward = "sequential"
-    torch.testing.assert_close(together, module.student_logits(inputs), atol=1e-5, rtol=1e-4)
+    together = forward_views(network, inputs, concat=True)
+    torch.testing.assert_close(together, forward_views(network, inputs), atol=1e-5, rtol=1e-4)
 
 
 def test_any_module_mapping_images_to_logits_can_be_wrapped_and_padded():
@@ -157,29 +166,29 @@ def test_bad_batches_get_a_clear_error(tiny_module_kwargs):
 
 def test_ema_teacher_follows_the_student_and_is_saved(tiny_module_kwargs):
     module = MaskMatchModule(**{**tiny_module_kwargs, "teacher": "ema", "ema_momentum": 0.9})
-    assert not any(p.requires_grad for p in module.teacher_network.parameters())
-    assert any(k.startswith("teacher_network.") for k in module.state_dict())
+    teacher = module.teacher.ema
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert any(k.startswith("teacher.ema.") for k in module.state_dict())
+    assert not any(k.startswith("teacher.") for k in MaskMatchModule(**tiny_module_kwargs).state_dict())
     student = dict(module.network.named_parameters())
-    teacher_before = {k: v.clone() for k, v in module.teacher_network.named_parameters()}
+    teacher_before = {k: v.clone() for k, v in teacher.named_parameters()}
     with torch.no_grad():
         for p in student.values():
             p.add_(1.0)
     from maskmatch_pl.teacher import ema_update
 
-    ema_update(module.teacher_network, module.network, 0.9)
+    ema_update(teacher, module.network, 0.9)
     name = next(iter(student))
-    torch.testing.assert_close(
-        module.teacher_network.get_parameter(name), 0.9 * teacher_before[name] + 0.1 * student[name]
-    )
+    torch.testing.assert_close(teacher.get_parameter(name), 0.9 * teacher_before[name] + 0.1 * student[name])
 
 
 def test_ema_teacher_updates_once_per_optimiser_step_under_gradient_accumulation(tiny_module_kwargs, monkeypatch):
     import lightning as L
 
-    import maskmatch_pl.module as module_file
+    import maskmatch_pl.teacher as teacher_file
 
     steps = []
-    monkeypatch.setattr(module_file, "ema_update", lambda teacher, student, momentum: steps.append(momentum))
+    monkeypatch.setattr(teacher_file, "ema_update", lambda teacher, student, momentum: steps.append(momentum))
     module = MaskMatchModule(**{**tiny_module_kwargs, "teacher": "ema", "ema_momentum": 0.9})
     batches = torch.utils.data.DataLoader([make_batch(seed=seed) for seed in range(4)], batch_size=None)
     trainer = L.Trainer(
@@ -195,3 +204,49 @@ def test_ema_teacher_updates_once_per_optimiser_step_under_gradient_accumulation
     trainer.fit(module, train_dataloaders=batches)
     assert trainer.global_step == 2
     assert steps == [0.0, 0.5]  # 4 micro-batches, 2 optimiser steps: warm-up momenta of steps 0 and 1
+
+
+def test_joint_teacher_pass_takes_pseudo_labels_from_the_labeled_batch_forward(tiny_module_kwargs, monkeypatch):
+    import copy
+
+    import maskmatch_pl.module as module_file
+
+    seen = []
+    real = module_file.consistency_loss
+    monkeypatch.setattr(
+        module_file,
+        "consistency_loss",
+        lambda logits, targets, threshold: seen.append(targets.pseudo_label) or real(logits, targets, threshold),
+    )
+    kwargs = {**tiny_module_kwargs, "pseudo_label_scales": [1.0], "masked_weight": 0.0, "cutmix_prob": 0.0}
+    batch = make_batch()
+    module = MaskMatchModule(**kwargs, teacher_pass="joint")
+    reference = copy.deepcopy(module.network).train()
+    with torch.no_grad():
+        joint = reference(torch.cat([batch["labeled"]["image"], batch["unlabeled"]["image"]]))[4:]
+        alone = copy.deepcopy(module.network).eval()(batch["unlabeled"]["image"])
+    run_step(module, batch)
+    torch.testing.assert_close(seen[0], joint.argmax(1))
+    assert not torch.equal(joint.argmax(1), alone.argmax(1))  # the eval-mode teacher would differ
+    for name, buffer in module.network.named_buffers():  # running statistics: labeled + weak
+        if name.endswith("running_mean"):
+            torch.testing.assert_close(buffer, reference.get_buffer(name))
+    with pytest.raises(ValueError, match="teacher_pass='joint' needs teacher='shared'"):
+        MaskMatchModule(**kwargs, teacher_pass="joint", teacher="ema")
+
+
+@pytest.mark.parametrize(
+    ("knob", "value", "message"),
+    [
+        ("conf_threshold", 1.5, r"conf_threshold must be in \[0, 1\], got 1.5"),
+        ("cutmix_prob", 2, r"cutmix_prob must be in \[0, 1\], got 2"),
+        ("mask_ratio", 1.5, r"mask_ratio must be in \[0, 1\]"),
+        ("mask_ratio", -1, r"mask_ratio must be in \[0, 1\]"),
+        ("mask_patch_size", 0, "mask_patch_size must be a whole number of pixels >= 1"),
+        ("eval_mode", "tiles", "eval_mode must be 'original', 'center_crop' or 'sliding_window'"),
+        ("warmup_steps", -5, "warmup_steps must be >= 0, got -5"),
+    ],
+)
+def test_bad_knobs_are_refused_when_the_module_is_built(tiny_module_kwargs, knob, value, message):
+    with pytest.raises(ValueError, match=message):
+        MaskMatchModule(**{**tiny_module_kwargs, knob: value})

@@ -32,7 +32,8 @@ def cli(subcommand, *args, cache, root, timeout=600):
         "--trainer.log_every_n_steps=1",
         "--trainer.accelerator=cpu",
         f"--trainer.default_root_dir={root}",
-        f"--trainer.logger.init_args.save_dir={root}",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.save_dir={root}",
         *args,
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)

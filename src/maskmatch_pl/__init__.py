@@ -5,30 +5,46 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations calls home on import otherwise
 
 from .batch import BatchFormatError, check_batch  # noqa: E402
-from .cutmix import cutmix_boxes, partner_indices, paste  # noqa: E402
+from .cutmix import cutmix, cutmix_boxes, partner_indices, paste  # noqa: E402
 from .data import SemiSupervisedDataModule, build_demo_dataset  # noqa: E402
-from .evaluation import predict_probabilities, sliding_window_probabilities  # noqa: E402
-from .losses import consistency_loss, ohem_cross_entropy  # noqa: E402
-from .masking import apply_patch_mask, random_patch_mask  # noqa: E402
+from .evaluation import EvalProtocol, predict_probabilities, sliding_window_probabilities  # noqa: E402
+from .losses import LossWeights, SupervisedLoss, consistency_loss, ohem_cross_entropy  # noqa: E402
+from .masking import PatchMasking, apply_patch_mask, masked_view, random_patch_mask  # noqa: E402
 from .module import MaskMatchModule  # noqa: E402
-from .multiscale import multiscale_probabilities, pseudo_labels  # noqa: E402
-from .network import SegmentationNetwork  # noqa: E402
-from .teacher import ema_momentum, ema_update  # noqa: E402
+from .monitoring import PseudoLabelMonitor  # noqa: E402
+from .multiscale import multiscale_probabilities, pseudo_labels, scale_probabilities  # noqa: E402
+from .network import SegmentationNetwork, forward_views, frozen_norm_statistics  # noqa: E402
+from .targets import IGNORE_INDEX, PseudoLabels  # noqa: E402
+from .teacher import Teacher, ema_momentum, ema_update  # noqa: E402
+from .visualize import ValPanels  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "IGNORE_INDEX",
     "BatchFormatError",
+    "EvalProtocol",
+    "LossWeights",
     "MaskMatchModule",
+    "PatchMasking",
+    "PseudoLabelMonitor",
+    "PseudoLabels",
     "SegmentationNetwork",
     "SemiSupervisedDataModule",
+    "SupervisedLoss",
+    "Teacher",
+    "ValPanels",
     "apply_patch_mask",
     "build_demo_dataset",
     "check_batch",
     "consistency_loss",
+    "cutmix",
     "cutmix_boxes",
     "ema_momentum",
     "ema_update",
+    "forward_views",
+    "frozen_norm_statistics",
+    "masked_view",
     "multiscale_probabilities",
     "ohem_cross_entropy",
     "partner_indices",
@@ -36,5 +52,6 @@ __all__ = [
     "predict_probabilities",
     "pseudo_labels",
     "random_patch_mask",
+    "scale_probabilities",
     "sliding_window_probabilities",
 ]

@@ -7,7 +7,9 @@ Every batch is a ``dict``:
   position in the (cycled) sample list, for bookkeeping; the method never reads it);
 - unlabeled (train): ``image`` the weak view, ``strong`` the strong view of the same crop
   (``strong2`` a second one for UniMatch), both float ``B x 3 x H x W``; optional
-  ``ignore_mask`` integer ``B x H x W``, 255 on crop padding and 0 elsewhere;
+  ``ignore_mask`` integer ``B x H x W``, 255 on crop padding and 0 elsewhere; optional
+  ``monitor_mask`` integer ``B x H x W``, the weak view's true mask, only scored against
+  (pseudo-label quality), never trained on;
 - val/test: ``image`` and ``mask`` as labeled; predict: ``image``, optional ``name`` (list of
   str) and ``size`` (``B x 2`` original height, width, to crop padded batches back).
 """
@@ -19,7 +21,12 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = 255
+from .targets import IGNORE_INDEX
+
+
+def strong_keys(views: int) -> tuple[str, ...]:
+    """The unlabeled batch's keys of ``views`` strong views: ``strong``, ``strong2``, ..."""
+    return tuple("strong" if view == 0 else f"strong{view + 1}" for view in range(views))
 
 
 class BatchFormatError(ValueError):

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
+
+from .targets import PseudoLabels
+
+Pasteable = TypeVar("Pasteable", torch.Tensor, PseudoLabels)
 
 
 def cutmix_boxes(
@@ -46,12 +51,31 @@ def cutmix_boxes(
 
 
 def partner_indices(batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Index of the CutMix partner of each image: the next image of the batch (a cyclic shift)."""
+    """Index of the CutMix partner of each image: the next image of the batch (a cyclic shift).
+
+    The reference draws its partner from a second pass over the unlabeled loader (in its DDP
+    setting, a second view of the same image); the maintainer reports that mixing within the
+    batch performs the same (UniMatch issue #34), and it needs no second loader or teacher pass."""
     return torch.roll(torch.arange(batch_size, device=device), shifts=-1)
 
 
-def paste(target: torch.Tensor, source: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Copy ``source`` into ``target`` inside ``boxes`` (``B x H x W``); works for ``B x H x W``
-    maps and ``B x C x H x W`` images alike."""
+def paste(target: Pasteable, source: Pasteable, boxes: torch.Tensor) -> Pasteable:
+    """Copy ``source`` into ``target`` inside ``boxes`` (``B x H x W``): ``B x C x H x W``
+    images, ``B x H x W`` maps, or all three maps of :class:`PseudoLabels` alike."""
+    if isinstance(target, PseudoLabels):
+        return PseudoLabels(*(paste(t, s, boxes) for t, s in zip(target, source)))
     mask = boxes if target.dim() == 3 else boxes.unsqueeze(1)
     return torch.where(mask, source, target)
+
+
+def cutmix(
+    view: torch.Tensor, targets: PseudoLabels, p: float = 0.5, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, PseudoLabels]:
+    """CutMix a ``B x 3 x H x W`` view with its targets: with probability ``p`` an image gets a
+    box (:func:`cutmix_boxes`) filled from its partner (:func:`partner_indices`), in the view
+    and in the pseudo-label, confidence and ignore maps alike."""
+    batch, _, height, width = view.shape
+    boxes = cutmix_boxes(batch, height, width, p, generator=generator, device=view.device)
+    partner = partner_indices(batch, view.device)
+    shuffled = PseudoLabels(*(t[partner] for t in targets))
+    return paste(view, view[partner], boxes), paste(targets, shuffled, boxes)

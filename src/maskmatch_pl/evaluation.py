@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -72,3 +73,38 @@ def predict_probabilities(
     elif mode != "original":
         raise ValueError(f"eval_mode must be 'original', 'center_crop' or 'sliding_window', got {mode!r}")
     return multiscale_probabilities(model, images, scales, flip)
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """An evaluation protocol, checked once: ``mode``, window / crop ``crop_size``, test-time
+    ``scales`` and ``flip``."""
+
+    mode: EvalMode = "original"
+    crop_size: int = 320
+    scales: Sequence[float] = field(default=(1.0,))
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("original", "center_crop", "sliding_window"):
+            raise ValueError(f"eval_mode must be 'original', 'center_crop' or 'sliding_window', got {self.mode!r}")
+        if self.crop_size < 1:
+            raise ValueError(f"eval_crop_size must be >= 1, got {self.crop_size}")
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"eval_scales must be positive numbers, got {list(self.scales)}")
+
+    def probabilities(self, model: Network, images: torch.Tensor, whole: bool = False) -> torch.Tensor:
+        """:func:`predict_probabilities` under this protocol; ``whole`` evaluates a centre-crop
+        protocol on the whole image (prediction keeps the input's size)."""
+        mode = "original" if whole and self.mode == "center_crop" else self.mode
+        return predict_probabilities(model, images, mode, self.crop_size, self.scales, self.flip)
+
+    def region(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The part of an image or mask that :meth:`probabilities` covers (the centre crop, or all)."""
+        return center_crop(tensor, self.crop_size) if self.mode == "center_crop" else tensor
+
+    def __str__(self) -> str:
+        return (
+            f"eval_mode={self.mode}, crop {self.crop_size}, scales {list(self.scales)}, flip {self.flip}; "
+            f"mIoU = sum of intersections / sum of unions over the whole set"
+        )

@@ -1,32 +1,29 @@
-"""Losses: the reference unsupervised consistency loss and the supervised losses."""
+"""Losses: the reference unsupervised consistency loss, the supervised losses, and their
+weighted total with its ramp-up."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from .targets import IGNORE_INDEX, PseudoLabels
 
 
-def consistency_loss(
-    logits: torch.Tensor,
-    pseudo_label: torch.Tensor,
-    confidence: torch.Tensor,
-    ignore_mask: torch.Tensor,
-    threshold: float,
-) -> torch.Tensor:
+def consistency_loss(logits: torch.Tensor, targets: PseudoLabels, threshold: float) -> torch.Tensor:
     """UniMatch's unsupervised loss.
 
-    Per-pixel cross-entropy of the student ``logits`` (``B x C x H x W``) against the
-    ``pseudo_label`` (``B x H x W``), kept where ``confidence >= threshold`` and the pixel is
-    not ignored (``ignore_mask == 255`` marks crop padding), summed and divided by the
-    number of non-ignored pixels.
+    Per-pixel cross-entropy of the student ``logits`` (``B x C x H x W``) against
+    ``targets.pseudo_label`` (``B x H x W``), kept where ``confidence >= threshold`` and the
+    pixel is not crop padding (``ignore_mask == 255``), summed and divided by the number of
+    non-padding pixels.
     """
-    ce = F.cross_entropy(logits.float(), pseudo_label.long(), reduction="none")
-    valid = ignore_mask != IGNORE_INDEX
-    kept = (confidence >= threshold) & valid
+    ce = F.cross_entropy(logits.float(), targets.pseudo_label.long(), reduction="none")
     # Divide by the non-ignored pixels, not by the confident ones, as the reference does.
-    return (ce * kept).sum() / valid.sum().clamp_min(1)
+    return (ce * targets.confident(threshold)).sum() / targets.valid.sum().clamp_min(1)
 
 
 def ohem_cross_entropy(
@@ -52,11 +49,25 @@ def ohem_cross_entropy(
     return (ce * valid).sum() / valid.sum().clamp_min(1)
 
 
-def supervised_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "ce", **ohem: float) -> torch.Tensor:
-    """Cross-entropy with ignore index 255 (``kind='ce'``) or OHEM (``kind='ohem'``)."""
-    if kind == "ohem":
-        return ohem_cross_entropy(logits, target, **ohem)  # type: ignore[arg-type]
-    return F.cross_entropy(logits.float(), target.long(), ignore_index=IGNORE_INDEX)
+@dataclass(frozen=True)
+class SupervisedLoss:
+    """The labeled loss: cross-entropy ignoring 255 (``ce``), or OHEM (``ohem``, Cityscapes)."""
+
+    kind: Literal["ce", "ohem"] = "ce"
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 200_000
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("ce", "ohem"):
+            raise ValueError(f"sup_loss must be 'ce' or 'ohem', got {self.kind!r}")
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean loss over the valid pixels; 0 (not NaN) for a batch without any."""
+        if self.kind == "ohem":
+            return ohem_cross_entropy(logits, target, self.ohem_thresh, self.ohem_min_kept)
+        target = target.long()
+        ce = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
+        return ce / (target != IGNORE_INDEX).sum().clamp_min(1)
 
 
 def rampup_factor(step: int, rampup_steps: int) -> float:
@@ -65,3 +76,45 @@ def rampup_factor(step: int, rampup_steps: int) -> float:
     if rampup_steps <= 0:
         return 1.0
     return min(1.0, step / rampup_steps)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the loss terms (0 switches a term off) and their ramp-ups, in optimiser steps.
+
+    ``strong``, ``masked`` and ``fp`` (the unlabeled terms) grow linearly from 0 over
+    ``unsup_rampup_steps``; ``masked`` also over ``masked_rampup_steps``.
+    """
+
+    sup: float = 0.5
+    strong: float = 0.5
+    masked: float = 0.5
+    fp: float = 0.0
+    unsup_rampup_steps: int = 0
+    masked_rampup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.sup, self.strong, self.masked, self.fp) < 0:
+            raise ValueError(f"loss weights must be >= 0, got {self}")
+        for name in ("unsup_rampup_steps", "masked_rampup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def uses_unlabeled(self) -> bool:
+        return self.strong > 0 or self.masked > 0 or self.fp > 0
+
+    def at(self, step: int) -> dict[str, float]:
+        """Each term's weight at optimiser ``step``."""
+        ramp = rampup_factor(step, self.unsup_rampup_steps)
+        return {
+            "sup": self.sup,
+            "strong": self.strong * ramp,
+            "masked": self.masked * ramp * rampup_factor(step, self.masked_rampup_steps),
+            "fp": self.fp * ramp,
+        }
+
+    def total(self, losses: Mapping[str, torch.Tensor], step: int) -> torch.Tensor:
+        """The weighted sum of the ``losses`` present (keys ``sup``, ``strong``, ``masked``, ``fp``)."""
+        weights = self.at(step)
+        return sum(weights[name] * value for name, value in losses.items())

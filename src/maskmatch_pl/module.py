@@ -1,33 +1,31 @@
-"""MaskMatchModule: the LightningModule that composes the method's parts."""
+"""MaskMatchModule: the LightningModule that composes the method's parts.
+
+The parts carry their behaviour (``teacher.py``, ``cutmix.py``, ``masking.py``, ``losses.py``,
+``network.py`` for the BatchNorm policy, ``monitoring.py``); this module reads the knobs once
+into them and wires them into a training step that follows the paper's algorithm.
+"""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
-from PIL import Image
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from .batch import check_batch
-from .cutmix import cutmix_boxes, partner_indices, paste
-from .data.presets import palette_for
-from .evaluation import EvalMode, center_crop, predict_probabilities
-from .losses import consistency_loss, rampup_factor, supervised_loss
-from .masking import apply_patch_mask, random_patch_mask
-from .multiscale import multiscale_probabilities, pseudo_labels
-from .network import SegmentationNetwork, build_smp_model, frozen_norm_statistics
+from .batch import check_batch, strong_keys
+from .cutmix import cutmix
+from .evaluation import EvalMode, EvalProtocol
+from .losses import LossWeights, SupervisedLoss, consistency_loss, rampup_factor
+from .masking import PatchMasking
+from .monitoring import PseudoLabelMonitor
+from .network import NormStats, SegmentationNetwork, build_smp_model, forward_views, maybe_frozen
 from .optim import build_optimizer, poly_schedule
-from .teacher import ema_momentum, ema_update
-from .visualize import panel
-
-STRONG_KEYS = ("strong", "strong2")
+from .targets import IGNORE_INDEX, PseudoLabels
+from .teacher import Teacher
 
 
 class MaskMatchModule(L.LightningModule):
@@ -41,53 +39,66 @@ class MaskMatchModule(L.LightningModule):
     the supervised baseline.
 
     Args:
-        num_classes: number of classes (linked from ``data.num_classes`` in the CLI).
-        arch, encoder_name, encoder_weights, model_kwargs: an smp model built with
-            ``smp.create_model``; ``encoder_weights=None`` downloads nothing.
-        model: any ``nn.Module`` mapping ``B x 3 x H x W`` to ``B x C x H x W`` logits, used
-            instead of the smp model.
-        pad_multiple: pad inputs to a multiple of this (default: the smp encoder's stride).
-        sup_weight, strong_weight, masked_weight, fp_weight: loss weights; the total is their
-            weighted sum. Defaults give FixMatch's ``(L_sup + L_strong) / 2`` plus
-            ``L_masked / 2``. With two strong views ``L_strong`` is their mean.
-        unsup_rampup_steps: the unlabeled weights (strong, masked, fp) grow linearly from 0 to
-            their value over this many optimiser steps (0: from the start, as the reference).
-            Guards a from-scratch or short run against pseudo-labels of an untrained teacher.
-        conf_threshold: pseudo-label confidence threshold tau (``>=`` keeps a pixel).
-        pseudo_label_scales, pseudo_label_flip: teacher multi-scale ensembling.
-        mask_ratio, mask_patch_size, masked_view: the masked-modeling view: ``mask_ratio`` of
-            the ``mask_patch_size`` patches of the (CutMixed) strong view, or of the weak view,
-            set to 0; ``mask_ratio_max`` > ``mask_ratio`` draws the ratio per step from that range.
-        cutmix_prob: probability that an unlabeled image gets a CutMix box.
-        strong_views: 1 (FixMatch) or 2 (UniMatch); 2 needs ``strong2`` in unlabeled batches.
+        num_classes: Number of classes, required (the CLI links it from ``data.num_classes``).
+        arch: smp architecture, built with ``smp.create_model`` (e.g. DeepLabV3Plus, FPN, Unet).
+        encoder_name: smp encoder (e.g. resnet50, tu-tf_efficientnet_lite0).
+        encoder_weights: None (random init), 'packaged' (ImageNet weights shipped in a pip package, no download) or a
+            hub name such as 'imagenet' (downloads).
+        model_kwargs: More keyword arguments for ``smp.create_model`` (e.g. decoder_channels).
+        model: Any nn.Module mapping B x 3 x H x W images to B x C x H x W logits, used instead of the smp model.
+        pad_multiple: Pad inputs to a multiple of this many pixels (default: the smp encoder's output stride).
+        sup_weight: Weight of the labeled loss.
+        strong_weight: Weight of the strong-view consistency loss (the mean over strong views); 0 switches it off.
+        masked_weight: Weight of the masked-view consistency loss (MaskMatch's masked modeling); 0 switches it off.
+        fp_weight: Weight of UniMatch's feature-perturbation loss; 0 switches it off.
+        unsup_rampup_steps: The unlabeled weights grow linearly from 0 over this many optimiser steps (0: full weight
+            at once, the reference).
+        masked_rampup_steps: The masked weight alone also grows linearly from 0 over this many optimiser steps (0:
+            off).
+        conf_threshold: Pseudo-label confidence threshold tau: pixels with confidence >= tau reach the unlabeled
+            losses.
+        pseudo_label_scales: Input scales whose teacher softmax is averaged into the pseudo-labels (MaskMatch's multi-
+            scale ensembling).
+        pseudo_label_flip: Also average the teacher's prediction of the horizontally flipped weak view.
+        mask_ratio: Share of the patches hidden in the masked view (0.7: 30 % visible).
+        mask_ratio_max: If set above mask_ratio, the ratio is drawn per step from U(mask_ratio, mask_ratio_max).
+        mask_patch_size: Side of the square patches of the masked view, in pixels of the training crop.
+        masked_view: Which view is masked: 'strong' (a copy of the CutMixed strong view) or 'weak'.
+        masked_loss_on: Which pixels of the masked view reach its loss: 'all' (the paper: hidden ones too, predicted
+            from context) or 'visible' (a diagnostic: occlusion without inpainting).
+        cutmix_prob: Probability that an unlabeled image gets a CutMix box from its partner.
+        strong_views: 1 (FixMatch) or 2 (UniMatch); 2 needs 'strong2' in the unlabeled batches (data.strong_views 2).
         fp_dropout: Dropout2d rate of the feature-perturbation stream.
-        teacher: ``shared`` (the student's weights in eval mode, no grad) or ``ema``.
-        ema_momentum: EMA teacher momentum, warmed up as ``min(1 - 1/(t+1), m)``.
-        student_forward: ``sequential`` (default) runs the labeled batch, each strong view and
-            the masked view in forwards of their own, so that each gets its own BatchNorm
-            statistics; ``concat`` runs them in one forward (faster on a GPU, but BatchNorm
-            then normalises the labeled images with statistics of strong and masked views:
-            on the demo data this cost FixMatch 6 mIoU points, benchmarks/RESULTS.md).
-        norm_stats: which student forwards update the BatchNorm running statistics (those used
-            in eval mode, by the shared teacher and at validation): ``labeled`` (default; strong
-            and masked views normalise with their own batch statistics but leave the running ones
-            alone; needs ``student_forward=sequential``) or ``all`` (the reference, UniMatch; the
-            FixMatch/UniMatch configs set it). With ``all`` the masked views' statistics collapsed
-            MaskMatch on the demo data after ~800 steps (8.5 vs 40.2 % mIoU at 2,000 steps,
-            benchmarks/RESULTS.md).
-        sup_loss, ohem_thresh, ohem_min_kept: labeled loss, CE or OHEM (Cityscapes).
-        optimizer, lr, lr_multi, weight_decay, momentum, poly_power: SGD (or AdamW), the
-            decoder/head at ``lr * lr_multi``, poly decay per step.
-        eval_mode, eval_crop_size, eval_scales, eval_flip: validation/test protocol.
-        class_names: names for per-class IoU logs (linked from the data module).
-        log_panels: at each validation, log a panel of this many val images: image, ground
-            truth, prediction, teacher pseudo-label (black below ``conf_threshold``); to
-            TensorBoard if it is the logger, else as PNG files under the log dir. 0: off.
+        teacher: 'shared' (the student's weights in eval mode, no gradient) or 'ema' (a moving average of them, saved
+            in checkpoints).
+        teacher_pass: 'eval': the shared teacher predicts in eval mode (running BatchNorm statistics, no dropout);
+            'joint': the reference's, the weak view shares the labeled batch's train-mode forward.
+        ema_momentum: Momentum of the EMA teacher, warmed up as min(1 - 1/(t+1), m).
+        student_forward: 'sequential': one forward per view, each with its own BatchNorm statistics; 'concat': all
+            views in one forward (needs norm_stats 'all').
+        norm_stats: Which student forwards update the BatchNorm running statistics: 'labeled' (the labeled batch only)
+            or 'all' (the reference).
+        sup_loss: Labeled loss: 'ce' (cross-entropy, 255 ignored) or 'ohem' (Cityscapes).
+        ohem_thresh: OHEM: keep pixels whose true-class probability is at most this.
+        ohem_min_kept: OHEM: keep at least this many pixels per batch.
+        optimizer: 'sgd' (the reference) or 'adamw'.
+        lr: Learning rate of the encoder.
+        lr_multi: The decoder and head train at lr x lr_multi.
+        weight_decay: Weight decay (decoupled for AdamW).
+        momentum: SGD momentum.
+        poly_power: Power of the poly LR decay, stepped per iteration.
+        warmup_steps: Linear LR warm-up over this many optimiser steps before the poly decay (0: none, the reference).
+        eval_mode: Evaluation protocol: 'original' (whole image), 'center_crop' or 'sliding_window'.
+        eval_crop_size: Crop or window size of the evaluation protocol (default: the training crop, data.crop_size, in
+            the CLI; 320 in Python).
+        eval_scales: Test-time scales whose softmax is averaged.
+        eval_flip: Test-time horizontal flip.
+        class_names: Names for the per-class IoU logs (the CLI links them from the data module).
     """
 
     def __init__(
         self,
-        num_classes: int = 21,
+        num_classes: int,
         arch: str = "DeepLabV3Plus",
         encoder_name: str = "resnet50",
         encoder_weights: str | None = None,
@@ -99,6 +110,7 @@ class MaskMatchModule(L.LightningModule):
         masked_weight: float = 0.5,
         fp_weight: float = 0.0,
         unsup_rampup_steps: int = 0,
+        masked_rampup_steps: int = 0,
         conf_threshold: float = 0.95,
         pseudo_label_scales: Sequence[float] = (0.75, 1.0, 1.25),
         pseudo_label_flip: bool = False,
@@ -106,13 +118,15 @@ class MaskMatchModule(L.LightningModule):
         mask_ratio_max: float | None = None,
         mask_patch_size: int = 32,
         masked_view: Literal["strong", "weak"] = "strong",
+        masked_loss_on: Literal["all", "visible"] = "all",
         cutmix_prob: float = 0.5,
         strong_views: Literal[1, 2] = 1,
         fp_dropout: float = 0.5,
         teacher: Literal["shared", "ema"] = "shared",
+        teacher_pass: Literal["eval", "joint"] = "eval",
         ema_momentum: float = 0.996,
         student_forward: Literal["concat", "sequential"] = "sequential",
-        norm_stats: Literal["all", "labeled"] = "labeled",
+        norm_stats: NormStats = "labeled",
         sup_loss: Literal["ce", "ohem"] = "ce",
         ohem_thresh: float = 0.7,
         ohem_min_kept: int = 200_000,
@@ -122,26 +136,39 @@ class MaskMatchModule(L.LightningModule):
         weight_decay: float = 1e-4,
         momentum: float = 0.9,
         poly_power: float = 0.9,
+        warmup_steps: int = 0,
         eval_mode: EvalMode = "original",
-        eval_crop_size: int = 320,
+        eval_crop_size: int | None = None,
         eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
         class_names: list[str] | None = None,
-        log_panels: int = 4,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
-        if min(sup_weight, strong_weight, masked_weight, fp_weight) < 0:
-            raise ValueError("loss weights must be >= 0")
+        for name, value in (("conf_threshold", conf_threshold), ("cutmix_prob", cutmix_prob)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
         if norm_stats == "labeled" and student_forward == "concat":
             raise ValueError(
                 "norm_stats='labeled' (the default) needs student_forward='sequential': concat shares one forward "
                 "between the views; with concat set norm_stats='all'"
             )
-        if unsup_rampup_steps < 0:
-            raise ValueError(f"unsup_rampup_steps must be >= 0, got {unsup_rampup_steps}")
+        if teacher_pass == "joint" and teacher != "shared":
+            raise ValueError("teacher_pass='joint' needs teacher='shared': an EMA teacher has weights of its own")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+        self.weights = LossWeights(
+            sup_weight, strong_weight, masked_weight, fp_weight, unsup_rampup_steps, masked_rampup_steps
+        )
+        self.masking = PatchMasking(mask_patch_size, mask_ratio, mask_ratio_max, masked_view, masked_loss_on)
+        self.sup_loss = SupervisedLoss(sup_loss, ohem_thresh, ohem_min_kept)
+        self.eval_protocol = EvalProtocol(eval_mode, eval_crop_size or 320, tuple(eval_scales), eval_flip)
+        self.conf_threshold, self.cutmix_prob, self.fp_dropout = conf_threshold, cutmix_prob, fp_dropout
+        self.strong_keys = strong_keys(strong_views)
+        self.teacher_pass, self.concat_views, self.norm_stats = teacher_pass, student_forward == "concat", norm_stats
+        self.class_names = class_names or [str(i) for i in range(num_classes)]
         net = (
             model
             if model is not None
@@ -150,22 +177,56 @@ class MaskMatchModule(L.LightningModule):
         self.network = SegmentationNetwork(net, pad_multiple)
         if fp_weight > 0:
             self.network.check_feature_perturbation()
-        self.teacher_network: SegmentationNetwork | None = None
-        if teacher == "ema":
-            self.teacher_network = copy.deepcopy(self.network).requires_grad_(False).eval()
-        self.val_iou = MulticlassJaccardIndex(num_classes, average="none", ignore_index=255, validate_args=False)
+        self.teacher = Teacher(self.network, teacher, ema_momentum, pseudo_label_scales, pseudo_label_flip)
+        self.val_iou = MulticlassJaccardIndex(
+            num_classes, average="none", ignore_index=IGNORE_INDEX, validate_args=False
+        )
         self.test_iou = self.val_iou.clone()
+        self.pseudo_monitor = PseudoLabelMonitor(num_classes)
         self._seed = 0
-
-    # ------------------------------------------------------------------ helpers
-    @property
-    def uses_unlabeled(self) -> bool:
-        hp = self.hparams
-        return hp.strong_weight > 0 or hp.masked_weight > 0 or hp.fp_weight > 0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Student logits ``B x C x H x W`` for normalised ``B x 3 x H x W`` images."""
         return self.network(images)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        labeled, unlabeled = self._checked(batch, batch_idx)
+        if unlabeled is None:  # the supervised baseline needs no unlabeled loader
+            return self._total({"sup": self.sup_loss(self.network(labeled["image"]), labeled["mask"])}, labeled)
+        rng = self._rng()
+        # 1. teacher: pseudo-labels on the weak view, fused over scales
+        sup_logits, targets = self._pseudo_labels(labeled["image"], unlabeled)
+        # 2. strong views, CutMixed together with their targets
+        strong = [cutmix(unlabeled[key], targets, self.cutmix_prob, rng) for key in self.strong_keys]
+        # 3. masked modeling: a patch-masked copy of the strong (or weak) view, same targets
+        views = {f"strong{i}": pair for i, pair in enumerate(strong)} if self.weights.strong > 0 else {}
+        if self.weights.masked > 0:
+            source, source_targets = strong[0] if self.masking.view == "strong" else (unlabeled["image"], targets)
+            views["masked"] = self.masking.apply(source, source_targets, rng)
+        # 4. the student on every view, each against its targets
+        logits = self._student({"sup": labeled["image"]} if sup_logits is None else {}, views)
+        losses = {"sup": self.sup_loss(logits.get("sup", sup_logits), labeled["mask"])}
+        if self.weights.strong > 0:
+            losses["strong"] = torch.stack(
+                [consistency_loss(logits[f"strong{i}"], t, self.conf_threshold) for i, (_, t) in enumerate(strong)]
+            ).mean()
+        if "masked" in views:
+            losses["masked"] = consistency_loss(logits["masked"], views["masked"][1], self.conf_threshold)
+        if self.weights.fp > 0:  # UniMatch: the decoder on perturbed features of the weak view
+            losses["fp"] = consistency_loss(self._perturbed(unlabeled["image"]), targets, self.conf_threshold)
+        return self._total(losses, labeled, strong[0][1])
+
+    def _checked(self, batch: dict[str, Any], batch_idx: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        labeled = batch["labeled"]
+        check_batch(
+            labeled, "labeled", label_maps=("mask",), num_classes=self.hparams.num_classes, check_values=batch_idx == 0
+        )
+        if not self.weights.uses_unlabeled:
+            return labeled, None
+        unlabeled = batch.get("unlabeled")
+        check_batch(unlabeled, "unlabeled", images=("image", *self.strong_keys))
+        return labeled, unlabeled
 
     def _rng(self) -> torch.Generator:
         """Generator for CutMix boxes and patch masks, re-seeded from (seed, rank, step) every
@@ -173,129 +234,56 @@ class MaskMatchModule(L.LightningModule):
         seed = hash((self._seed, self.global_rank, self.global_step)) & 0x7FFF_FFFF_FFFF_FFFF
         return torch.Generator().manual_seed(seed)
 
-    @torch.no_grad()
-    def teacher_probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Multi-scale (and flip) ensembled float32 probabilities of the teacher, in eval mode."""
-        teacher = self.teacher_network if self.teacher_network is not None else self.network
-        was_training = teacher.training
-        teacher.eval()
-        try:
-            return multiscale_probabilities(
-                teacher, images, self.hparams.pseudo_label_scales, self.hparams.pseudo_label_flip
-            )
-        finally:
-            teacher.train(was_training and teacher is self.network)
+    def _pseudo_labels(
+        self, labeled_images: torch.Tensor, unlabeled: dict[str, Any]
+    ) -> tuple[torch.Tensor | None, PseudoLabels]:
+        """The teacher's targets for the weak view; with ``teacher_pass='joint'`` also the labeled
+        logits of the train-mode forward the two batches shared (the reference)."""
+        weak, sup_logits = unlabeled["image"], None
+        if self.teacher_pass == "joint":
+            both = self.network(torch.cat([labeled_images, weak]))
+            sup_logits, weak_logits = both.split([len(labeled_images), len(weak)])
+            per_scale = self.teacher.joint_scale_probabilities(weak, weak_logits)
+        else:
+            per_scale = self.teacher.scale_probabilities(weak)
+        fused = torch.stack(per_scale).mean(0)
+        if "monitor_mask" in unlabeled:  # true masks, for measuring only: no loss reads them
+            scales = list(self.teacher.scales)
+            single = per_scale[scales.index(1.0)] if 1.0 in scales else self.teacher.scale_probabilities(weak, [1.0])[0]
+            for name, probs in (("pseudo", fused), ("pseudo_single_scale", single)):
+                self.pseudo_monitor.update(
+                    name, probs, unlabeled["monitor_mask"], self.conf_threshold, unlabeled.get("ignore_mask")
+                )
+        return sup_logits, PseudoLabels.from_probabilities(fused, unlabeled.get("ignore_mask"))
 
-    def student_logits(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Student logits for each input batch, in one concatenated forward or one by one."""
-        same_size = len({tuple(x.shape[1:]) for x in inputs}) == 1
-        if self.hparams.student_forward == "concat" and same_size and len(inputs) > 1:
-            return list(self.network(torch.cat(inputs)).split([len(x) for x in inputs]))
-        if self.hparams.norm_stats == "labeled":  # only the labeled batch, inputs[0], updates them
-            first = self.network(inputs[0])
-            with frozen_norm_statistics(self.network):
-                return [first, *[self.network(x) for x in inputs[1:]]]
-        return [self.network(x) for x in inputs]
+    def _student(
+        self, labeled: dict[str, torch.Tensor], views: dict[str, tuple[torch.Tensor, PseudoLabels]]
+    ) -> dict[str, torch.Tensor]:
+        """Student logits per named view; with ``norm_stats='labeled'`` only the labeled forward
+        updates the BatchNorm running statistics."""
+        inputs = {**labeled, **{name: view for name, (view, _) in views.items()}}
+        update = [self.norm_stats == "all" or name == "sup" for name in inputs]
+        return dict(zip(inputs, forward_views(self.network, list(inputs.values()), self.concat_views, update)))
 
-    def _cutmix_view(
-        self, view: torch.Tensor, targets: tuple[torch.Tensor, ...], rng: torch.Generator
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Paste a box from the partner image into the view and into its target maps alike."""
-        batch, _, height, width = view.shape
-        boxes = cutmix_boxes(batch, height, width, self.hparams.cutmix_prob, generator=rng, device=view.device)
-        partner = partner_indices(batch, view.device)
-        return paste(view, view[partner], boxes), tuple(paste(t, t[partner], boxes) for t in targets)
+    def _perturbed(self, weak: torch.Tensor) -> torch.Tensor:
+        with maybe_frozen(self.network, self.norm_stats == "labeled"):
+            return self.network.forward_perturbed(weak, self.fp_dropout)
 
-    def _masked_copy(self, view: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-        hp = self.hparams
-        ratio = hp.mask_ratio
-        if hp.mask_ratio_max is not None and hp.mask_ratio_max > ratio:
-            ratio += (hp.mask_ratio_max - ratio) * torch.rand((), generator=rng).item()
-        batch, _, height, width = view.shape
-        visible = random_patch_mask(batch, height, width, hp.mask_patch_size, ratio, generator=rng, device=view.device)
-        return apply_patch_mask(view, visible)
-
-    # ------------------------------------------------------------------ training
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        hp = self.hparams
-        labeled, unlabeled = batch["labeled"], batch.get("unlabeled")  # no unlabeled loader: supervised only
-        check_batch(labeled, "labeled", label_maps=("mask",), num_classes=hp.num_classes, check_values=batch_idx == 0)
-        if not self.uses_unlabeled:
-            loss_sup = supervised_loss(self.network(labeled["image"]), labeled["mask"], **self._sup_loss_args())
-            return self._log_losses({"sup": loss_sup}, batch_size=len(labeled["image"]))
-
-        strong_keys = STRONG_KEYS[: hp.strong_views]
-        check_batch(unlabeled, "unlabeled", images=("image", *strong_keys))
-        weak = unlabeled["image"]
-        ignore_mask = unlabeled.get("ignore_mask")
-        if ignore_mask is None:
-            ignore_mask = torch.zeros(weak.shape[0], *weak.shape[2:], dtype=torch.uint8, device=weak.device)
-        rng = self._rng()
-
-        # 1. teacher: multi-scale pseudo-labels on the weak view
-        confidence, pseudo_label = pseudo_labels(self.teacher_probabilities(weak))
-        weak_targets = (pseudo_label, confidence, ignore_mask)
-
-        # 2. strong views with CutMix; the targets are mixed the same way
-        strong_views, strong_targets = [], []
-        for key in strong_keys:
-            view, targets = self._cutmix_view(unlabeled[key], weak_targets, rng)
-            strong_views.append(view)
-            strong_targets.append(targets)
-
-        # 3. masked modeling: a patch-masked copy of the strong (or weak) view, same targets
-        use_masked = hp.masked_weight > 0
-        if use_masked:
-            source, masked_targets = (
-                (strong_views[0], strong_targets[0]) if hp.masked_view == "strong" else (weak, weak_targets)
-            )
-            masked_view = self._masked_copy(source, rng)
-
-        # 4. the student on all views
-        use_strong = hp.strong_weight > 0
-        inputs = [labeled["image"], *(strong_views if use_strong else []), *([masked_view] if use_masked else [])]
-        logits = self.student_logits(inputs)
-        losses = {"sup": supervised_loss(logits.pop(0), labeled["mask"], **self._sup_loss_args())}
-        if use_strong:
-            view_losses = [self._consistency(logits.pop(0), t) for t in strong_targets]
-            losses["strong"] = torch.stack(view_losses).mean()
-        if use_masked:
-            losses["masked"] = self._consistency(logits.pop(0), masked_targets)
-        if hp.fp_weight > 0:
-            losses["fp"] = self._consistency(self.network.forward_perturbed(weak, hp.fp_dropout), weak_targets)
-
-        _, conf, ignored = strong_targets[0]
-        valid = ignored != 255
-        self.log(
-            "train/confident_fraction",
-            ((conf >= hp.conf_threshold) & valid).sum() / valid.sum().clamp_min(1),
-            batch_size=len(weak),
-        )
-        return self._log_losses(losses, batch_size=len(labeled["image"]))
-
-    def _consistency(self, logits: torch.Tensor, targets: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        pseudo_label, confidence, ignore_mask = targets
-        return consistency_loss(logits, pseudo_label, confidence, ignore_mask, self.hparams.conf_threshold)
-
-    def _sup_loss_args(self) -> dict[str, Any]:
-        hp = self.hparams
-        if hp.sup_loss == "ohem":
-            return {"kind": "ohem", "thresh": hp.ohem_thresh, "min_kept": hp.ohem_min_kept}
-        return {"kind": "ce"}
-
-    def _log_losses(self, losses: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
-        ramp = rampup_factor(self.global_step, self.hparams.unsup_rampup_steps)
-        weights = {
-            "sup": self.hparams.sup_weight,
-            "strong": self.hparams.strong_weight * ramp,
-            "masked": self.hparams.masked_weight * ramp,
-            "fp": self.hparams.fp_weight * ramp,
-        }
-        if self.hparams.unsup_rampup_steps and len(losses) > 1:
-            self.log("train/unsup_ramp", ramp, batch_size=batch_size)
-        total = sum(weights[name] * value for name, value in losses.items())
+    def _total(
+        self, losses: dict[str, torch.Tensor], labeled: dict[str, Any], strong_targets: PseudoLabels | None = None
+    ) -> torch.Tensor:
+        """The weighted total (ramp-ups included); logs each term, the total and the share of
+        confident pixels in the first strong view's targets."""
+        batch_size = len(labeled["image"])
+        total = self.weights.total(losses, self.global_step)
+        if strong_targets is not None:
+            fraction = strong_targets.confident_fraction(self.conf_threshold)
+            self.log("train/confident_fraction", fraction, batch_size=len(strong_targets.confidence))
         for name, value in losses.items():
             self.log(f"train/loss_{name}", value, batch_size=batch_size)
+        if self.weights.unsup_rampup_steps and len(losses) > 1:
+            ramp = rampup_factor(self.global_step, self.weights.unsup_rampup_steps)
+            self.log("train/unsup_ramp", ramp, batch_size=batch_size)
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         return total
 
@@ -303,72 +291,49 @@ class MaskMatchModule(L.LightningModule):
         self._seed = torch.initial_seed()
 
     def on_train_start(self) -> None:
-        self._ema_step = self.global_step  # the optimiser step the EMA teacher last followed (resume-safe)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # once per optimiser step: under gradient accumulation the student only changes every
-        # `accumulate_grad_batches` micro-batches, and the warm-up counts optimiser steps
-        if self.teacher_network is not None and self.global_step > getattr(self, "_ema_step", -1):
-            self._ema_step = self.global_step
-            ema_update(
-                self.teacher_network, self.network, ema_momentum(self.global_step - 1, self.hparams.ema_momentum)
+        self.teacher.last_step = self.global_step  # resume-safe: the EMA weights already follow this step
+        loaders = self.trainer.train_dataloader
+        loaders = getattr(loaders, "iterables", loaders)  # a CombinedLoader's dict of loaders
+        if self.weights.uses_unlabeled and isinstance(loaders, dict) and "unlabeled" not in loaders:
+            raise ValueError(
+                "this model trains on unlabeled images (strong/masked/fp weights > 0) but the training data has "
+                "no unlabeled loader: set data.unlabeled (a folder of images or a split file) or data.split, "
+                "or set the unlabeled weights to 0 for the supervised baseline"
             )
 
-    def train(self, mode: bool = True) -> MaskMatchModule:
-        super().train(mode)
-        if self.teacher_network is not None:
-            self.teacher_network.eval()  # the EMA teacher always predicts in eval mode
-        return self
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.teacher.update(self.network, self.global_step)  # once per optimiser step
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = build_optimizer(self.network, hp.optimizer, hp.lr, hp.lr_multi, hp.weight_decay, hp.momentum)
-        scheduler = poly_schedule(optimizer, int(self.trainer.estimated_stepping_batches), hp.poly_power)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = poly_schedule(optimizer, total, hp.poly_power, hp.warmup_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch: dict[str, Any], batch_idx: int, metric: MulticlassJaccardIndex, stage: str) -> None:
-        hp = self.hparams
-        check_batch(batch, stage, label_maps=("mask",), num_classes=hp.num_classes, check_values=batch_idx == 0)
-        probs = predict_probabilities(
-            self.network, batch["image"], hp.eval_mode, hp.eval_crop_size, hp.eval_scales, hp.eval_flip
+        check_batch(
+            batch, stage, label_maps=("mask",), num_classes=self.hparams.num_classes, check_values=batch_idx == 0
         )
-        mask = center_crop(batch["mask"], hp.eval_crop_size) if hp.eval_mode == "center_crop" else batch["mask"]
-        metric.update(probs.argmax(1), mask)
-        if stage == "val" and batch_idx == 0 and hp.log_panels > 0 and not self.trainer.sanity_checking:
-            self._log_panel(batch["image"][: hp.log_panels], batch["mask"][: hp.log_panels], probs[: hp.log_panels])
-
-    @rank_zero_only
-    def _log_panel(self, images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor) -> None:
-        """Image / ground truth / prediction / teacher pseudo-label, to the configured logger."""
-        if self.hparams.eval_mode != "original" or probs.shape[-2:] != images.shape[-2:]:
-            return
-        confidence, pseudo_label = pseudo_labels(self.teacher_probabilities(images))
-        pseudo_label = pseudo_label.masked_fill(confidence < self.hparams.conf_threshold, 255)
-        palette = getattr(self.trainer.datamodule, "palette", None) or palette_for(self.hparams.num_classes)
-        picture = panel(images, [masks, probs.argmax(1), pseudo_label], palette)
-        logger = self.logger
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image("val/panel", picture, self.global_step, dataformats="HWC")
-        elif logger is not None and logger.log_dir is not None:
-            folder = Path(logger.log_dir) / "panels"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(picture).save(folder / f"val_step{self.global_step:07d}.png")
+        probs = self.eval_protocol.probabilities(self.network, batch["image"])
+        metric.update(probs.argmax(1), self.eval_protocol.region(batch["mask"]))
 
     def _log_iou(self, metric: MulticlassJaccardIndex, stage: str) -> None:
         iou = metric.compute()
-        names = self.hparams.class_names or [str(i) for i in range(len(iou))]
         self.log(f"{stage}/mIoU", iou.mean(), prog_bar=True)
-        for name, value in zip(names, iou):
+        for name, value in zip(self.class_names, iou):
             self.log(f"{stage}/IoU_{name}", value)
         metric.reset()
 
+    def _log_pseudo_label_quality(self) -> None:
+        """Pseudo-label scores over the training steps since the last call (``pseudo/*``)."""
+        if self.pseudo_monitor.updated:
+            self.log_dict(self.pseudo_monitor.compute(self.class_names))
+            self.pseudo_monitor.reset()
+
     def on_validation_start(self) -> None:
-        hp = self.hparams
-        rank_zero_info(
-            f"evaluation: eval_mode={hp.eval_mode}, crop {hp.eval_crop_size}, scales {list(hp.eval_scales)}, "
-            f"flip {hp.eval_flip}; mIoU = sum of intersections / sum of unions over the whole set"
-        )
+        rank_zero_info(f"evaluation: {self.eval_protocol}")
 
     on_test_start = on_validation_start
 
@@ -377,6 +342,10 @@ class MaskMatchModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_iou(self.val_iou, "val")
+        self._log_pseudo_label_quality()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_pseudo_label_quality()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, self.test_iou, "test")
@@ -385,11 +354,7 @@ class MaskMatchModule(L.LightningModule):
         self._log_iou(self.test_iou, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Class maps ``B x H x W`` (uint8 when C <= 256) plus the batch's ``name``/``size``."""
-        hp = self.hparams
+        """Class maps ``B x H x W`` of the whole images plus the batch's ``name``/``size``."""
         check_batch(batch, "predict")
-        mode = "original" if hp.eval_mode == "center_crop" else hp.eval_mode
-        probs = predict_probabilities(
-            self.network, batch["image"], mode, hp.eval_crop_size, hp.eval_scales, hp.eval_flip
-        )
+        probs = self.eval_protocol.probabilities(self.network, batch["image"], whole=True)
         return {"prediction": probs.argmax(1), "name": batch.get("name"), "size": batch.get("size")}

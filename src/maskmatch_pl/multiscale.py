@@ -10,13 +10,14 @@ import torch.nn.functional as F
 Network = Callable[[torch.Tensor], torch.Tensor]
 
 
-def multiscale_probabilities(
+def scale_probabilities(
     model: Network, images: torch.Tensor, scales: Sequence[float], flip: bool = False
-) -> torch.Tensor:
-    """Softmax probabilities averaged over input scales (and horizontal flips).
+) -> list[torch.Tensor]:
+    """Float32 softmax probabilities at each input scale, resized back to the input.
 
     For each scale the images are resized bilinearly, the logits are resized back to the
-    input resolution, and their float32 softmax is averaged over all scales and flips.
+    input resolution, and their float32 softmax is taken (averaged with that of the
+    horizontally flipped input when ``flip``).
 
     Args:
         model: maps ``B x 3 x h x w`` images to ``B x C x h x w`` logits for any ``h, w``.
@@ -25,18 +26,18 @@ def multiscale_probabilities(
         flip: also average the prediction of the horizontally flipped input.
 
     Returns:
-        ``B x C x H x W`` float32 probabilities at the input resolution.
+        one ``B x C x H x W`` tensor per scale, in the order of ``scales``.
     """
     if len(scales) == 0:
         raise ValueError("scales must name at least one scale")
     size = images.shape[-2:]
-    total: torch.Tensor | None = None
-    count = 0
+    per_scale = []
     for scale in scales:
         scaled = images
         if scale != 1.0:
             scaled = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
         views = [scaled, scaled.flip(-1)] if flip else [scaled]
+        total = None
         for index, view in enumerate(views):
             logits = model(view)
             if index == 1:
@@ -45,9 +46,16 @@ def multiscale_probabilities(
                 logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
             probs = logits.float().softmax(dim=1)
             total = probs if total is None else total + probs
-            count += 1
-    assert total is not None
-    return total / count
+        per_scale.append(total / len(views))
+    return per_scale
+
+
+def multiscale_probabilities(
+    model: Network, images: torch.Tensor, scales: Sequence[float], flip: bool = False
+) -> torch.Tensor:
+    """Softmax probabilities averaged over input scales (and horizontal flips): the mean of
+    :func:`scale_probabilities`, ``B x C x H x W`` float32 at the input resolution."""
+    return torch.stack(scale_probabilities(model, images, scales, flip)).mean(0)
 
 
 def pseudo_labels(probabilities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,9 +6,9 @@ encoder's output stride, and the encoder/decoder split used for feature perturba
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,37 @@ def frozen_norm_statistics(net: nn.Module) -> Iterator[None]:
         for norm, (momentum, count) in zip(norms, saved):
             norm.momentum = momentum
             norm.num_batches_tracked.copy_(count)
+
+
+NormStats = Literal["all", "labeled"]
+
+
+def forward_views(
+    network: nn.Module, views: Sequence[torch.Tensor], concat: bool = False, update_stats: Sequence[bool] | None = None
+) -> list[torch.Tensor]:
+    """Logits for each batch of ``views``: the BatchNorm policy of the student forwards.
+
+    ``concat``: all views in one forward (BatchNorm then normalises them with shared
+    statistics); otherwise one forward per view, each with its own batch statistics. In the
+    latter case ``update_stats[i]`` False keeps the i-th forward out of the running statistics
+    (those used in eval mode); default: every forward updates them.
+    """
+    views = list(views)
+    if concat and len(views) > 1 and len({tuple(v.shape[1:]) for v in views}) == 1:
+        return list(network(torch.cat(views)).split([len(v) for v in views]))
+    flags = list(update_stats) if update_stats is not None else [True] * len(views)
+    return [network(v) if flag else frozen_forward(network, v) for v, flag in zip(views, flags)]
+
+
+def frozen_forward(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``network(images)`` with the BatchNorm running statistics left alone."""
+    with frozen_norm_statistics(network):
+        return network(images)
+
+
+def maybe_frozen(network: nn.Module, freeze: bool):  # noqa: ANN201 - a context manager
+    """:func:`frozen_norm_statistics` when ``freeze``, else a context that changes nothing."""
+    return frozen_norm_statistics(network) if freeze else nullcontext()
 
 
 def _output_stride(net: nn.Module) -> int:

@@ -42,11 +42,20 @@ def build_optimizer(
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
 
 
-def poly_schedule(
-    optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """``lr_t = lr_0 * (1 - t / total_steps) ** power``, stepped per iteration."""
+def poly_factor(step: int, total_steps: int, power: float = 0.9, warmup_steps: int = 0) -> float:
+    """LR factor at optimiser ``step`` (0-based): ``(1 - t / total_steps) ** power`` (the
+    reference's poly decay), times a linear warm-up ``(t + 1) / warmup_steps`` over the first
+    ``warmup_steps`` steps (0: none, as the reference)."""
     total_steps = max(int(total_steps), 1)
+    decay = (1.0 - min(step, total_steps) / total_steps) ** power
+    return decay * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else decay
+
+
+def poly_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """:func:`poly_factor` as a scheduler stepped per iteration (``LambdaLR``: the warm-up is
+    not in ``PolynomialLR``)."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: (1.0 - min(step, total_steps) / total_steps) ** power
+        optimizer, lambda step: poly_factor(step, total_steps, power, warmup_steps)
     )

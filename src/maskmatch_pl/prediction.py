@@ -7,19 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
-from .data.presets import voc_palette
-
-
-def colorize(mask: np.ndarray, palette: Sequence[tuple[int, int, int]]) -> Image.Image:
-    """A class-index mask as a palette (mode ``P``) PNG image; 255 keeps the VOC ignore colour."""
-    image = Image.fromarray(mask.astype(np.uint8), mode="P")
-    full = list(palette) + voc_palette(256)[len(palette) :]
-    image.putpalette([value for colour in full[:256] for value in colour])
-    return image
+from .palettes import colorize, voc_palette
 
 
 def overlay(image: Image.Image, mask: Image.Image, alpha: float = 0.5) -> Image.Image:

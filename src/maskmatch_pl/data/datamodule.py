@@ -10,11 +10,19 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
-from .datasets import EvalDataset, LabeledDataset, SampleReader, UnlabeledDataset, pad_collate
+from .datasets import (
+    EvalDataset,
+    LabeledDataset,
+    SampleReader,
+    UnlabeledDataset,
+    check_labeled_values,
+    pad_collate,
+    verify_samples,
+)
 from .demo import build_demo_dataset
 from .presets import PRESETS, palette_for
 from .samplers import EpochShuffleSampler, ResumableDataLoader, ShardSampler
-from .sources import Sample, load_samples
+from .sources import DataSourceError, Sample, load_samples
 
 DatasetName = Literal["demo", "pascal", "cityscapes", "custom"]
 
@@ -44,8 +52,13 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         num_workers: loader worker processes.
         strong_views: strong views per unlabeled image (2 for UniMatch).
         mask_mapping, binary: stored mask value -> class (``{255: 1}``), or non-zero -> 1.
-        verify: before training, read every labeled/val/test mask and every image header, so
-            that a bad file stops the run at once with its name (not hours in).
+        verify: before training, check every file so that a bad one stops the run at once with
+            its name (not hours in): ``full`` (default) decodes every image and mask once,
+            ``headers`` reads the masks and only the image headers (faster; a truncated image is
+            found when it is first used), ``off`` checks nothing.
+        unlabeled_masks_for_monitoring: also read the masks of the unlabeled images (split-file
+            lines with a mask, or ``images/`` + ``masks/``) and pass them as ``monitor_mask``, so
+            that the model logs how good its pseudo-labels are (``pseudo/*``); no loss reads them.
         cache_dir: where the demo dataset is generated (default ``$MASKMATCH_PL_CACHE`` or
             ``~/.cache/maskmatch_pl``).
     """
@@ -73,9 +86,24 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         mask_mapping: dict[int, int] | None = None,
         binary: bool = False,
         cache_dir: str | None = None,
-        verify: bool = True,
+        verify: Literal["full", "headers", "off"] = "full",
+        unlabeled_masks_for_monitoring: bool = False,
     ) -> None:
         super().__init__()
+        if crop_size < 1:
+            raise ValueError(f"data.crop_size must be a positive number of pixels, got {crop_size}")
+        if not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"data.scale_range must be [low, high] with 0 < low <= high, got {list(scale_range)}")
+        for name, size in (
+            ("batch_size", batch_size),
+            ("unlabeled_batch_size", unlabeled_batch_size or 1),
+            ("val_batch_size", val_batch_size),
+            ("strong_views", strong_views),
+        ):
+            if size < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {size}")
+        if verify not in ("full", "headers", "off"):
+            raise ValueError(f"data.verify must be 'full', 'headers' or 'off', got {verify!r}")
         if isinstance(split, int):
             split = str(split)  # classic VOC splits are numbers: 92, 1464
         self.save_hyperparameters(ignore=["num_classes", "class_names"])  # the model holds the resolved ones
@@ -121,25 +149,37 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         return splits_dir / "val.txt" if stage == "val" else splits_dir / hp.split / f"{stage}.txt"
 
     def samples(self, stage: str) -> list[Sample]:
-        """The samples of ``labeled``, ``unlabeled``, ``val``, ``test`` or ``predict``."""
+        """The samples of ``labeled``, ``unlabeled``, ``val``, ``test`` or ``predict``, checked
+        as ``verify`` says."""
         source = self._source(stage)
         if source is None:
             raise ValueError(f"no {stage} data: set data.{stage} (a split file or folder) or data.split and data.root")
-        if (
-            not Path(source).exists()
-            and self.hparams.split
-            and self.hparams.split.isdigit()
-            and len(self.hparams.split) > 2
-        ):
-            raise ValueError(
-                f"{source} does not exist; note that YAML reads 1_16 as the number 116, so quote "
-                f"split names with an underscore: split: '1_16'"
-            )
-        samples = load_samples(source, self.root, need_masks=stage in ("labeled", "val", "test"))
-        if self.hparams.verify:
-            for sample in samples:
-                self.reader.verify(sample)
+        explicit = getattr(self.hparams, stage, None) is not None
+        if not explicit and not Path(source).exists():
+            raise DataSourceError(self._missing_split(Path(source)))
+        monitored = stage == "unlabeled" and self.hparams.unlabeled_masks_for_monitoring
+        samples = load_samples(source, self.root, need_masks=monitored or stage in ("labeled", "val", "test"))
+        if self.hparams.verify != "off":
+            values = verify_samples(self.reader, samples, decode=self.hparams.verify == "full", what=f"{stage} data")
+            if stage == "labeled":
+                check_labeled_values(values, self.num_classes, self.class_names, source)
         return samples
+
+    def _missing_split(self, source: Path) -> str:
+        """What is wrong when a split file is missing: the splits that exist, or the folder."""
+        splits_dir = source.parent if source.name == "val.txt" else source.parent.parent
+        if not splits_dir.is_dir():
+            return (
+                f"{source} does not exist: no split files in {splits_dir}. Put UniMatch's splits/<dataset> folder "
+                f"there, set data.splits_dir, or name data.labeled / data.unlabeled / data.val directly"
+            )
+        known = sorted(p.name for p in splits_dir.iterdir() if (p / "labeled.txt").is_file())
+        message = f"{source} does not exist; the splits in {splits_dir} are: {', '.join(known) or 'none'}"
+        split = self.hparams.split or ""
+        misread = [name for name in known if name.replace("_", "") == split and "_" in name]
+        if misread:
+            message += f". YAML reads {misread[0]} as the number {split}: quote it, split: '{misread[0]}'"
+        return message
 
     def prepare_data(self) -> None:
         if self.hparams.dataset == "demo" and self.hparams.root is None:
@@ -152,18 +192,49 @@ class SemiSupervisedDataModule(L.LightningDataModule):
             labeled = self.samples("labeled")
             seed = torch.initial_seed() % 2**31  # augmentations follow seed_everything
             self._datasets["labeled"] = LabeledDataset(
-                labeled, self.reader, hp.crop_size, hp.scale_range, len(unlabeled), seed=seed
+                labeled, self.reader, hp.crop_size, hp.scale_range, seed=seed, length=len(unlabeled)
             )
             if unlabeled:
                 self._datasets["unlabeled"] = UnlabeledDataset(
-                    unlabeled, self.reader, hp.crop_size, hp.scale_range, hp.strong_views, seed=seed
+                    unlabeled,
+                    self.reader,
+                    hp.crop_size,
+                    hp.scale_range,
+                    seed=seed,
+                    strong_views=hp.strong_views,
+                    monitor_masks=hp.unlabeled_masks_for_monitoring,
                 )
+            self._check_batches_fit()
         if stage in ("fit", "validate"):
             self._datasets["val"] = EvalDataset(self.samples("val"), self.reader)
         if stage == "test":
             self._datasets["test"] = EvalDataset(self.samples("test"), self.reader)
         if stage == "predict":
             self._datasets["predict"] = EvalDataset(self.samples("predict"), self.reader, with_masks=False)
+
+    def _check_batches_fit(self) -> None:
+        """Refuse a training set smaller than one batch per process (Lightning would train on
+        nothing and exit with success)."""
+        world_size, _ = self._ranks()
+        sizes = {
+            "labeled": self.hparams.batch_size,
+            "unlabeled": self.hparams.unlabeled_batch_size or self.hparams.batch_size,
+        }
+        for name, batch_size in sizes.items():
+            if name in self._datasets and len(self._datasets[name]) // world_size < batch_size:
+                key = "batch_size" if name == "labeled" else "unlabeled_batch_size"
+                raise ValueError(
+                    f"the {name} training set has {len(self._datasets[name])} images, less than one batch of "
+                    f"{batch_size} per process ({world_size} processes): lower data.{key} or add images"
+                )
+
+    def dataset(self, stage: str) -> Dataset:
+        """The dataset of ``labeled``, ``unlabeled``, ``val``, ``test`` or ``predict``, built by
+        :meth:`setup` (``fit`` builds labeled, unlabeled and val; ``validate`` val)."""
+        if stage not in self._datasets:
+            built = ", ".join(sorted(self._datasets)) or "none yet"
+            raise ValueError(f"no {stage!r} dataset: call setup() for the stage that builds it first (built: {built})")
+        return self._datasets[stage]
 
     # ---------------------------------------------------------------- loaders
     def _ranks(self) -> tuple[int, int]:

@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..batch import strong_keys
+from ..targets import IGNORE_INDEX
 from .sources import Sample
 from .transforms import strong_transform, to_tensor, weak_transform
-
-IGNORE_INDEX = 255
 
 
 class DataFileError(ValueError):
@@ -81,12 +82,12 @@ class SampleReader:
         except (OSError, UnidentifiedImageError) as error:
             raise DataFileError(f"{path}: cannot read the image ({error})") from error
 
-    def verify(self, sample: Sample) -> None:
-        """Check a sample up front: the image header is readable and, if it has a mask, the
-        mask has the image's size and only class indices or 255."""
-        size = self.image_size(sample.image)
-        if sample.mask is not None:
-            self.mask(sample.mask, size)
+    def verify(self, sample: Sample, decode: bool = True) -> np.ndarray | None:
+        """Check a sample up front: the image decodes (``decode``; else its header is readable)
+        and, if it has a mask, the mask has the image's size and only class indices or 255.
+        Returns the mask's values (after mapping), or None without a mask."""
+        size = self.image(sample.image).shape if decode else self.image_size(sample.image)
+        return np.unique(self.mask(sample.mask, size)) if sample.mask is not None else None
 
     def pair(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         image = self.image(sample.image)
@@ -95,26 +96,46 @@ class SampleReader:
         return image, self.mask(sample.mask, image.shape)
 
 
+def verify_samples(reader: SampleReader, samples: Sequence[Sample], decode: bool, what: str) -> set[int]:
+    """:meth:`SampleReader.verify` every sample (a progress bar for large sets); the union of
+    their mask values."""
+    from tqdm.auto import tqdm
+
+    values: set[int] = set()
+    for sample in tqdm(samples, desc=f"checking {what}", disable=len(samples) < 2000, leave=False):
+        found = reader.verify(sample, decode)
+        if found is not None:
+            values.update(found.tolist())
+    return values
+
+
+def check_labeled_values(values: set[int], num_classes: int, class_names: Sequence[str], source: Any) -> None:
+    """Refuse labeled masks with nothing to learn (all 255, or only 0 and 255: binary masks read
+    as background + ignore); warn about classes that no labeled mask holds."""
+    if values <= {IGNORE_INDEX}:
+        raise DataFileError(f"{source}: every labeled mask is all {IGNORE_INDEX} (ignore): no pixel to learn from")
+    if values == {0, IGNORE_INDEX}:
+        raise DataFileError(
+            f"{source}: the labeled masks hold only 0 and 255, and 255 means 'ignore': the foreground would "
+            f"never be learned. For binary masks (255 = foreground) set `data.binary: true` or "
+            f"`data.mask_mapping: {{255: 1}}`"
+        )
+    absent = [name for index, name in enumerate(class_names) if index not in values]
+    if absent:
+        rank_zero_warn(
+            f"{source}: classes {absent} occur in no labeled mask (num_classes is {num_classes}); the model "
+            f"can only learn them from pseudo-labels, if at all. Is num_classes right?"
+        )
+
+
 class _SeededAugmentation(Dataset):
-    """Augmentations seeded per sample from ``(seed, epoch, index)``: the same views for any
-    number of workers, and after a resume. ``epoch`` lives in shared memory so that
-    persistent workers see :meth:`set_epoch`."""
+    """Augmentations seeded per sample from ``(seed, stream, epoch, index)``: the same views for
+    any number of workers, and after a resume. ``epoch`` lives in shared memory so that
+    persistent workers see :meth:`set_epoch`. ``stream`` tells the labeled and the unlabeled
+    set apart: their samplers walk the same positions, and without it the k-th labeled and
+    unlabeled image of a batch would get the same scale, crop and flip."""
 
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch[0] = epoch
-
-    def _seed_for(self, index: int, *transforms: Any) -> None:
-        seed = hash((self.seed, int(self._epoch[0]), index)) % (2**32)
-        for offset, transform in enumerate(transforms):
-            transform.set_random_seed(seed + offset)
-
-
-class LabeledDataset(_SeededAugmentation):
-    """Weak view of labeled samples: ``{"image", "mask"}``; cycled to ``length`` samples."""
+    stream = 0
 
     def __init__(
         self,
@@ -122,13 +143,29 @@ class LabeledDataset(_SeededAugmentation):
         reader: SampleReader,
         crop_size: int,
         scale_range: tuple[float, float] = (0.5, 2.0),
-        length: int | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(seed)
-        self.samples, self.reader = list(samples), reader
-        self.length = max(length or 0, len(self.samples))
+        self.samples, self.reader, self.seed = list(samples), reader, seed
         self.weak = weak_transform(crop_size, scale_range)
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
+
+    def _seed_for(self, index: int, *transforms: Any) -> None:
+        seed = hash((self.seed, self.stream, int(self._epoch[0]), index)) % (2**32)
+        for offset, transform in enumerate(transforms):
+            transform.set_random_seed(seed + offset)
+
+
+class LabeledDataset(_SeededAugmentation):
+    """Weak view of labeled samples: ``{"image", "mask"}``; cycled to ``length`` samples.
+    Takes the arguments of :class:`_SeededAugmentation` (samples, reader, crop_size,
+    scale_range, seed) and ``length``."""
+
+    def __init__(self, *args: Any, length: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.length = max(length or 0, len(self.samples))
 
     def __len__(self) -> int:
         return self.length
@@ -146,35 +183,48 @@ class LabeledDataset(_SeededAugmentation):
 
 class UnlabeledDataset(_SeededAugmentation):
     """Weak and strong views of unlabeled images (no mask is read):
-    ``{"image", "strong"[, "strong2"], "ignore_mask"}``, ignore_mask 255 on crop padding."""
+    ``{"image", "strong"[, "strong2"], "ignore_mask"}``, ignore_mask 255 on crop padding.
 
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        reader: SampleReader,
-        crop_size: int,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        strong_views: int = 1,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(seed)
-        self.samples, self.reader, self.strong_views = list(samples), reader, strong_views
-        self.weak, self.strong = weak_transform(crop_size, scale_range), strong_transform()
+    With ``monitor_masks`` the true mask is read too and cropped with the weak view into
+    ``monitor_mask``, for measuring pseudo-label quality only; the views are the same either way.
+    Takes the arguments of :class:`_SeededAugmentation` (samples, reader, crop_size,
+    scale_range, seed), ``strong_views`` and ``monitor_masks``.
+    """
+
+    stream = 1
+
+    def __init__(self, *args: Any, strong_views: int = 1, monitor_masks: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.strong, self.strong_views, self.monitor_masks = strong_transform(), strong_views, monitor_masks
+        if monitor_masks and (missing := next((s for s in self.samples if s.mask is None), None)):
+            raise DataFileError(
+                f"{missing.image}: unlabeled_masks_for_monitoring needs a mask for every unlabeled image "
+                f"(a split file with '<image> <mask>' lines, or an images/ + masks/ folder); this one has none"
+            )
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image = self.reader.image(self.samples[index].image)
+        sample = self.samples[index]
         self._seed_for(index, self.weak, self.strong)
-        out = self.weak(image=image, mask=np.zeros(image.shape[:2], dtype=np.uint8))
+        if self.monitor_masks:  # the true mask rides along the same geometry; nothing trains on it
+            image, truth = self.reader.pair(sample)
+            out = self.weak(image=image, masks=[np.zeros(image.shape[:2], dtype=np.uint8), truth])
+            padding, truth = out["masks"]
+        else:
+            image = self.reader.image(sample.image)
+            out = self.weak(image=image, mask=np.zeros(image.shape[:2], dtype=np.uint8))
+            padding = out["mask"]
         item = {
             "image": to_tensor(out["image"]),
-            "ignore_mask": torch.from_numpy(out["mask"].astype(np.int64)),
+            "ignore_mask": torch.from_numpy(padding.astype(np.int64)),
             "index": torch.tensor(index),
         }
-        for view in range(self.strong_views):
-            item["strong" if view == 0 else f"strong{view + 1}"] = to_tensor(self.strong(image=out["image"])["image"])
+        if self.monitor_masks:
+            item["monitor_mask"] = torch.from_numpy(truth.astype(np.int64))
+        for key in strong_keys(self.strong_views):
+            item[key] = to_tensor(self.strong(image=out["image"])["image"])
         return item
 
 

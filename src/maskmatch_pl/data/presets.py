@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..palettes import CITYSCAPES_PALETTE, voc_palette
+
 VOC_CLASSES = [
     "background",
     "aeroplane",
@@ -48,43 +50,7 @@ CITYSCAPES_CLASSES = [
     "motorcycle",
     "bicycle",
 ]
-CITYSCAPES_PALETTE = [
-    (128, 64, 128),
-    (244, 35, 232),
-    (70, 70, 70),
-    (102, 102, 156),
-    (190, 153, 153),
-    (153, 153, 153),
-    (250, 170, 30),
-    (220, 220, 0),
-    (107, 142, 35),
-    (152, 251, 152),
-    (70, 130, 180),
-    (220, 20, 60),
-    (255, 0, 0),
-    (0, 0, 142),
-    (0, 0, 70),
-    (0, 60, 100),
-    (0, 80, 100),
-    (0, 0, 230),
-    (119, 11, 32),
-]
 DEMO_CLASSES = ["background"] + [f"digit_{d}" for d in range(10)]
-
-
-def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
-    """The Pascal VOC colour map (bit-interleaved), entry 255 is the ignore colour."""
-    palette = []
-    for index in range(n):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette.append((r, g, b))
-    return palette
 
 
 @dataclass(frozen=True)
