@@ -86,7 +86,7 @@ def test_missing_and_unknown_splits_say_what_exists(tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     with pytest.raises(DataSourceError, match=r"no split files in .*bare/splits.*data.splits_dir"):
-        SemiSupervisedDataModule(dataset="pascal", root=str(bare), split="92").setup("fit")
+        SemiSupervisedDataModule(dataset="custom", num_classes=3, root=str(bare), split="92").setup("fit")
 
 
 def test_a_model_that_needs_unlabeled_data_says_so_when_none_is_given(tmp_path):

@@ -184,3 +184,29 @@ def test_default_root_dir_decides_where_logs_config_and_checkpoints_go(tmp_path,
     assert (version / "checkpoints" / "last.ckpt").is_file() and (version / "config.yaml").is_file()
     assert list(version.glob("events.out.tfevents.*"))  # TensorBoard scalars and panels
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]
+
+
+def test_evaluation_flags_win_over_the_checkpoint_and_another_network_is_refused(fitted, demo_cache, tmp_path, caplog):
+    import logging
+
+    ckpt = next(fitted.rglob("last.ckpt"))
+    args = ["validate", "--config", "configs/demo.yaml", *tiny_args(tmp_path, demo_cache)]
+    with caplog.at_level(logging.INFO):
+        main(
+            [
+                *args,
+                "--trainer.limit_val_batches=1",
+                "--model.eval_mode=sliding_window",
+                "--model.eval_crop_size=32",
+                "--model.eval_flip=true",
+                f"--ckpt_path={ckpt}",
+            ]
+        )
+    assert "evaluation: eval_mode=sliding_window, crop 32, scales [1.0], flip True" in caplog.text
+    assert "from the command line and config: eval_mode=sliding_window" in caplog.text
+    other = [arg for arg in args if not arg.startswith("--model.encoder_name")]
+    with pytest.raises(ValueError, match=r"another network than the config \(encoder_name: checkpoint"):
+        main([*other, "--model.encoder_name=tu-mobilenetv3_small_075", f"--ckpt_path={ckpt}"])
+    names = "[" + ", ".join(f"c{i}" for i in range(12)) + "]"
+    with pytest.raises(ValueError, match=r"num_classes: checkpoint 11 vs this model 12"):
+        main([*args, "--data.num_classes=12", f"--data.class_names={names}", f"--ckpt_path={ckpt}"])

@@ -46,7 +46,7 @@ def test_datamodule_batches_follow_the_documented_format(demo_cache):
     assert labeled["mask"].shape == (4, 48, 48) and labeled["mask"].dtype == torch.int64
     assert set(unlabeled) == {"image", "strong", "strong2", "ignore_mask", "index"}
     assert not torch.equal(unlabeled["strong"], unlabeled["strong2"])
-    assert len(dm._datasets["labeled"]) == len(dm._datasets["unlabeled"]) == 1875  # labeled list cycled
+    assert len(dm.dataset("labeled")) == len(dm.dataset("unlabeled")) == 1875  # labeled list cycled
     val = next(iter(dm.val_dataloader()))
     assert val["image"].shape == (3, 3, 64, 64) and len(val["name"]) == 3
 
@@ -54,7 +54,7 @@ def test_datamodule_batches_follow_the_documented_format(demo_cache):
 def test_augmentations_are_a_function_of_seed_epoch_and_index(demo_cache):
     dm = SemiSupervisedDataModule(dataset="demo", cache_dir=str(demo_cache), crop_size=48, num_workers=0)
     dm.setup("fit")
-    dataset = dm._datasets["unlabeled"]
+    dataset = dm.dataset("unlabeled")
     first, again = dataset[5], dataset[5]
     assert all(torch.equal(first[k], again[k]) for k in first)
     dataset.set_epoch(1)

@@ -123,3 +123,19 @@ def test_bad_inputs_stop_before_training(tmp_path):
     corrupted.save(mask_path)
     with pytest.raises(Exception, match=r"2007_000000.png: mask values \[40\]"):
         fit("configs/pascal.yaml", bad, tmp_path / "run2", [f"--data.root={bad}", "--data.split=92"])
+
+
+def test_published_splits_ship_with_the_package(tmp_path):
+    import yaml
+
+    from maskmatch_pl import SemiSupervisedDataModule
+
+    config = yaml.safe_load(open("configs/pascal/data.yaml"))
+    data = SemiSupervisedDataModule(
+        **{**config, "root": str(tmp_path / "VOC2012"), "split": "92", "cache_dir": str(tmp_path / "cache")}
+    )
+    counts = {stage: len(data.split_file(stage).read_text().split()) // 2 for stage in ("labeled", "unlabeled", "val")}
+    assert counts == {"labeled": 92, "unlabeled": 10490, "val": 1449}
+    assert (data.split_file("val").parents[2] / "LICENSE").read_text().startswith("MIT License")
+    cityscapes = SemiSupervisedDataModule(dataset="cityscapes", split="1_16", cache_dir=str(tmp_path / "cache"))
+    assert len(cityscapes.split_file("labeled").read_text().split()) // 2 == 186

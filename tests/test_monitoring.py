@@ -59,7 +59,7 @@ def test_monitoring_adds_the_true_mask_and_leaves_every_view_unchanged(demo_cach
             unlabeled_masks_for_monitoring=monitor,
         )
         data.setup("fit")
-        return data._datasets["unlabeled"]
+        return data.dataset("unlabeled")
 
     plain, monitored = unlabeled(False), unlabeled(True)
     for index in (0, 7, 100):

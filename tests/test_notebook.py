@@ -15,5 +15,6 @@ def test_quickstart_notebook_executes(tmp_path, demo_cache, monkeypatch):
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
     outputs = "".join(out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", []))
-    assert "after 3 steps: MaskMatch val mIoU" in outputs
+    assert "after 3 steps, 1/16 labeled:" in outputs and "MaskMatch  val mIoU" in outputs
+    assert "pseudo-label mIoU" in outputs  # scored against the unlabeled canvases' masks
     assert any("image/png" in out.get("data", {}) for cell in notebook.cells for out in cell.get("outputs", []))

@@ -1,14 +1,17 @@
 """The UniMatch objective against a from-scratch reading of the reference (METHOD.md)."""
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import maskmatch_pl.module as module_file
 from maskmatch_pl import MaskMatchModule
 
 from .test_module import make_batch
+
+cutmix_file = importlib.import_module("maskmatch_pl.cutmix")  # the module, not the function of that name
 
 
 class EncoderDecoder(nn.Module):
@@ -91,7 +94,7 @@ def test_unimatch_total_loss_matches_the_reference(monkeypatch, tau):
     generator = torch.Generator().manual_seed(5)
     boxes = [torch.rand(3, 16, 16, generator=generator) > 0.6 for _ in range(2)]
     queue = list(boxes)
-    monkeypatch.setattr(module_file, "cutmix_boxes", lambda *args, **kwargs: queue.pop(0))
+    monkeypatch.setattr(cutmix_file, "cutmix_boxes", lambda *args, **kwargs: queue.pop(0))
     torch.manual_seed(1)  # the feature-perturbation dropout draws from the global generator
     ours = module.training_step(batch, 0)
     torch.manual_seed(1)

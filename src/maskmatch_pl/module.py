@@ -182,7 +182,8 @@ class MaskMatchModule(L.LightningModule):
             num_classes, average="none", ignore_index=IGNORE_INDEX, validate_args=False
         )
         self.test_iou = self.val_iou.clone()
-        self.pseudo_monitor = PseudoLabelMonitor(num_classes)
+        other_scales = [f"pseudo_scale_{s:g}" for s in pseudo_label_scales if len(pseudo_label_scales) > 1 and s != 1.0]
+        self.pseudo_monitor = PseudoLabelMonitor(num_classes, ["pseudo", "pseudo_single_scale", *other_scales])
         self._seed = 0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -250,7 +251,9 @@ class MaskMatchModule(L.LightningModule):
         if "monitor_mask" in unlabeled:  # true masks, for measuring only: no loss reads them
             scales = list(self.teacher.scales)
             single = per_scale[scales.index(1.0)] if 1.0 in scales else self.teacher.scale_probabilities(weak, [1.0])[0]
-            for name, probs in (("pseudo", fused), ("pseudo_single_scale", single)):
+            scored = {"pseudo": fused, "pseudo_single_scale": single}
+            scored.update({f"pseudo_scale_{s:g}": p for s, p in zip(scales, per_scale) if len(scales) > 1 and s != 1.0})
+            for name, probs in scored.items():
                 self.pseudo_monitor.update(
                     name, probs, unlabeled["monitor_mask"], self.conf_threshold, unlabeled.get("ignore_mask")
                 )
@@ -303,6 +306,20 @@ class MaskMatchModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.teacher.update(self.network, self.global_step)  # once per optimiser step
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another network or class count with a message, not a size-mismatch traceback."""
+        theirs = checkpoint.get("hyper_parameters", {})
+        different = [
+            f"{key}: checkpoint {theirs[key]!r} vs this model {self.hparams.get(key)!r}"
+            for key in ("num_classes", "arch", "encoder_name")
+            if key in theirs and theirs[key] != self.hparams.get(key)
+        ]
+        if different:
+            raise ValueError(
+                f"the checkpoint was trained with another network or class count ({'; '.join(different)}): "
+                f"load it with the config and data it was trained with"
+            )
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -31,11 +31,11 @@ class PseudoLabelMonitor(nn.Module):
 
     def __init__(self, num_classes: int, names: Sequence[str] = ("pseudo", "pseudo_single_scale")) -> None:
         super().__init__()
-        self.num_classes = num_classes
-        self.matrices = nn.ModuleDict(
+        self.num_classes, self.names = num_classes, list(names)
+        self.matrices = nn.ModuleDict(  # keys by position: names may hold dots ("pseudo_scale_0.75")
             {
-                f"{name}_{subset}": MulticlassConfusionMatrix(num_classes, validate_args=False)
-                for name in names
+                f"{index}_{subset}": MulticlassConfusionMatrix(num_classes, validate_args=False)
+                for index in range(len(self.names))
                 for subset in ("all", "confident")
             }
         )
@@ -55,8 +55,9 @@ class PseudoLabelMonitor(nn.Module):
         if ignore_mask is not None:
             valid &= ignore_mask != IGNORE_INDEX
         confident = valid & (confidence >= threshold)
+        index = self.names.index(name)
         for subset, keep in (("all", valid), ("confident", confident)):
-            self.matrices[f"{name}_{subset}"].update(pseudo_label[keep], target[keep])
+            self.matrices[f"{index}_{subset}"].update(pseudo_label[keep], target[keep])
 
     def compute(self, class_names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Metrics since the last :meth:`reset`, keyed ``<name>/<metric>``: ``acc`` and
@@ -65,10 +66,11 @@ class PseudoLabelMonitor(nn.Module):
         valid pixels of each true class that are confident). mIoU averages the classes present."""
         names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
         metrics: dict[str, torch.Tensor] = {}
-        prefixes = sorted({key.rsplit("_", 1)[0] for key in self.matrices})
-        for prefix in prefixes:
-            every = self.matrices[f"{prefix}_all"].compute().double()
-            confident = self.matrices[f"{prefix}_confident"].compute().double()
+        for index, prefix in enumerate(self.names):
+            if not self.matrices[f"{index}_all"].update_called:
+                continue
+            every = self.matrices[f"{index}_all"].compute().double()
+            confident = self.matrices[f"{index}_confident"].compute().double()
             for suffix, matrix in (("", every), ("_confident", confident)):
                 metrics[f"{prefix}/acc{suffix}"] = matrix.diag().sum() / matrix.sum().clamp_min(1)
                 metrics[f"{prefix}/mIoU{suffix}"] = mean_iou(matrix)

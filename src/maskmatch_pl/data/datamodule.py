@@ -23,6 +23,7 @@ from .demo import build_demo_dataset
 from .presets import PRESETS, palette_for
 from .samplers import EpochShuffleSampler, ResumableDataLoader, ShardSampler
 from .sources import DataSourceError, Sample, load_samples
+from .splits import PUBLISHED, published_splits_dir
 
 DatasetName = Literal["demo", "pascal", "cityscapes", "custom"]
 
@@ -141,12 +142,28 @@ class SemiSupervisedDataModule(L.LightningDataModule):
             return self._source("val")
         if stage == "predict":
             return None
-        splits_dir = (
-            Path(hp.splits_dir).expanduser() if hp.splits_dir else (self.root / "splits" if self.root else None)
-        )
+        splits_dir = self.splits_dir
         if splits_dir is None or (hp.split is None and stage != "val"):
             return None
         return splits_dir / "val.txt" if stage == "val" else splits_dir / hp.split / f"{stage}.txt"
+
+    @property
+    def splits_dir(self) -> Path | None:
+        """``data.splits_dir``, else ``<root>/splits``; for ``pascal`` and ``cityscapes`` without
+        either, UniMatch's published split files that ship with the package."""
+        hp = self.hparams
+        if hp.splits_dir:
+            return Path(hp.splits_dir).expanduser()
+        own = self.root / "splits" if self.root else None
+        if (own is None or not own.is_dir()) and hp.dataset in PUBLISHED:
+            return published_splits_dir(hp.dataset, hp.cache_dir)
+        return own
+
+    def split_file(self, stage: str) -> Path | None:
+        """The split file that ``labeled``, ``unlabeled`` or ``val`` is read from (None: a folder
+        or nothing is given)."""
+        source = self._source(stage)
+        return Path(source) if source is not None and Path(source).suffix == ".txt" else None
 
     def samples(self, stage: str) -> list[Sample]:
         """The samples of ``labeled``, ``unlabeled``, ``val``, ``test`` or ``predict``, checked
