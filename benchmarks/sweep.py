@@ -47,7 +47,7 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
     ),
     "fixmatch, tau 0.95, EMA teacher": ("fixmatch", [tau(0.95), "--model.teacher=ema"], 1000),
     "fixmatch, tau 0.95, BN statistics from labeled": ("fixmatch", [tau(0.95), "--model.norm_stats=labeled"], 1000),
-    "maskmatch, tau 0.8": ("maskmatch", [tau(0.8), W5], 1000),
+    "maskmatch, tau 0.8": ("maskmatch", [tau(0.8), W5, "--model.pseudo_label_scales=[0.75, 1.0, 1.25]"], 1000),
     "fixmatch+masked, tau 0.7": ("fixmatch+masked", [T7, W5], 1000),
     "fixmatch+masked, tau 0.7, patch 4": ("fixmatch+masked", [T7, W5, "--model.mask_patch_size=4"], 1000),
     "fixmatch+masked, tau 0.7, ratio 0.5": ("fixmatch+masked", [T7, W5, "--model.mask_ratio=0.5"], 1000),

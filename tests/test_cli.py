@@ -1,16 +1,21 @@
 """The real CLI: fit on the demo config with a tiny encoder, then validate/test/predict from
 the saved checkpoint."""
 
+import inspect
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
-from maskmatch_pl.cli import main
+from maskmatch_pl import MaskMatchModule, SemiSupervisedDataModule, build_demo_dataset
+from maskmatch_pl.cli import MaskMatchCLI, main
 
 from .conftest import tiny_model_args
 
@@ -74,9 +79,10 @@ def test_val_panels_show_image_truth_prediction_pseudo_label_and_masked_view(fit
     panels = sorted(fitted.rglob("panels/val_step*.png"))
     assert panels
     picture = np.asarray(Image.open(panels[-1]))
-    assert picture.shape == (4 * 64, 5 * 64, 3)  # 4 val canvases, 5 tiles each
-    masked = picture[:64, 4 * 64 :]
-    image = picture[:64, :64]
+    top = int(np.flatnonzero((picture[:, 0] != 255).any(-1))[0]) + 2  # titles above, then a 2-px grey border
+    assert picture.shape[1] == 5 * 130 + 2 and picture.shape[0] > top + 4 * 130  # 4 val canvases, 5 tiles each
+    masked = picture[top : top + 128, 2 + 4 * 130 : 5 * 130]  # 64-px canvases shown at 128 px, 2-px gutters
+    image = picture[top : top + 128, 2:130]
     assert (masked != image).any(axis=-1).mean() > 0.3  # most 8-px patches hidden (ratio 0.7)
 
 
@@ -210,3 +216,128 @@ def test_evaluation_flags_win_over_the_checkpoint_and_another_network_is_refused
     names = "[" + ", ".join(f"c{i}" for i in range(12)) + "]"
     with pytest.raises(ValueError, match=r"num_classes: checkpoint 11 vs this model 12"):
         main([*args, "--data.num_classes=12", f"--data.class_names={names}", f"--ckpt_path={ckpt}"])
+
+
+# ---------------------------------------------------------------- help, options and run folders
+@pytest.fixture(scope="module")
+def fit_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "maskmatch_pl.cli", "fit", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    return result.stdout
+
+
+def _option_help(help_text, prefix):
+    """``{option: its help text}`` of the options ``--<prefix>.<knob>`` in ``--help``'s output."""
+    entries, option = {}, None
+    for line in help_text.splitlines():
+        match = re.match(rf"  (--{prefix}\.\w+)(?: \S+)*?(?:  +(.*))?$", line)
+        if match:
+            option = match.group(1)
+            entries[option] = match.group(2) or ""
+        elif option and line.startswith(" " * 24):
+            entries[option] += " " + line.strip()
+        else:
+            option = None
+    return {option: text.strip() for option, text in entries.items()}
+
+
+def test_fit_help_explains_every_knob_and_lists_no_module_classes(fit_help):
+    assert "torch.nn.Conv2d" not in fit_help and "known subclasses: torch.nn" not in fit_help
+    assert len(fit_help.splitlines()) < 900
+    for prefix, init in (("model", MaskMatchModule.__init__), ("data", SemiSupervisedDataModule.__init__)):
+        entries = _option_help(fit_help, prefix)
+        linked = {"model.num_classes", "model.class_names", "data.strong_views"}  # set by the other section
+        knobs = {f"--{prefix}.{name}" for name in inspect.signature(init).parameters if name != "self"}
+        assert knobs - {f"--{key}" for key in linked} <= set(entries), prefix
+        lacking = [option for option in knobs & set(entries) if entries[option].startswith(("(type", "(required"))]
+        assert not lacking, f"no help text: {lacking}"
+
+
+def test_lightning_optimizer_options_are_refused(fit_help, capsys):
+    assert "--optimizer" not in fit_help and "--lr_scheduler" not in fit_help
+    for option in (["--optimizer", "Adam"], ["--lr_scheduler=StepLR"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", "configs/demo.yaml", *option, "--print_config"])
+        assert exit_info.value.code != 0
+        assert "is not an option: the optimiser and its poly LR schedule are the model's" in capsys.readouterr().err
+
+
+# a one-layer network (quick): any nn.Module by class_path
+CONV_NETWORK = "{class_path: torch.nn.Conv2d, init_args: {in_channels: 3, out_channels: 11, kernel_size: 1}}"
+
+
+def test_any_network_by_class_path(demo_cache, tmp_path):
+    cli = MaskMatchCLI(
+        MaskMatchModule,
+        SemiSupervisedDataModule,
+        args=[
+            "fit",
+            "--config",
+            "configs/demo.yaml",
+            *tiny_args(tmp_path, demo_cache, ["--trainer.logger=false"]),
+            f"--model.model={CONV_NETWORK}",
+            "--trainer.max_steps=1",
+            "--trainer.limit_val_batches=1",
+            "--trainer.val_check_interval=1",
+        ],
+    )
+    assert isinstance(cli.model.network.net, torch.nn.Conv2d) and cli.trainer.global_step == 1
+
+
+@pytest.mark.parametrize("logger", ["default", "csv"])
+def test_validate_test_and_predict_log_apart_from_the_training_runs(demo_cache, tmp_path, logger):
+    args = [
+        "--config",
+        "configs/demo.yaml",
+        *tiny_args(tmp_path, demo_cache),
+        f"--model.model={CONV_NETWORK}",  # quick
+        "--trainer.limit_val_batches=1",
+        "--trainer.limit_test_batches=1",
+    ]
+    if logger == "default":  # Lightning's TensorBoard logger in <default_root_dir>/lightning_logs
+        args = [arg for arg in args if not arg.startswith("--trainer.logger")]
+    main(["fit", *args, "--trainer.max_steps=1", "--trainer.val_check_interval=1"])
+    ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    for command in ("validate", "test", "validate"):
+        main([command, *args, f"--ckpt_path={ckpt}"])
+    images = f"--data.predict={build_demo_dataset(demo_cache) / 'splits' / 'val.txt'}"
+    out = f"--prediction.output_dir={tmp_path / 'predictions'}"
+    main(["predict", *args, images, out, "--trainer.limit_predict_batches=1", f"--ckpt_path={ckpt}"])
+    logs = tmp_path / "lightning_logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["predict", "test", "validate", "version_0"]
+    assert sorted(p.name for p in (logs / "validate").iterdir()) == ["version_0", "version_1"]
+    assert (logs / "validate" / "version_1" / "config.yaml").is_file()
+    assert list((logs / "test" / "version_0").glob("metrics.csv" if logger == "csv" else "events.out.tfevents.*"))
+
+
+def test_fits_without_a_logger_in_one_folder_keep_every_config_and_checkpoint(demo_cache, tmp_path):
+    args = [
+        "fit",
+        "--config",
+        "configs/demo.yaml",
+        *tiny_args(tmp_path, demo_cache, ["--trainer.logger=false"]),
+        f"--model.model={CONV_NETWORK}",  # quick
+        "--trainer.max_steps=1",
+        "--trainer.limit_val_batches=1",
+        "--trainer.val_check_interval=1",
+    ]
+    main(args)
+    first = (tmp_path / "config.yaml").read_bytes()
+    main([*args, "--model.lr=0.02"])
+    assert (tmp_path / "config.yaml").read_bytes() == first
+    assert yaml.safe_load((tmp_path / "config_1.yaml").read_text())["model"]["lr"] == 0.02
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and (tmp_path / "checkpoints_1" / "last.ckpt").is_file()
+    main(["validate", *args[1:], f"--ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"])  # its config apart
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoints",
+        "checkpoints_1",
+        "config.yaml",
+        "config_1.yaml",
+        "validate",
+    ]
+    assert (tmp_path / "validate" / "config.yaml").is_file()

@@ -102,6 +102,7 @@ def test_binary_folders_and_an_unlabeled_folder_without_masks(tmp_path):
         f"--data.val={root / 'val'}",
         "--data.binary=true",
         "--data.split=null",
+        "--trainer.val_check_interval=2",  # the demo validates every 250 steps
     ]
     fit("configs/demo.yaml", root, tmp_path / "run", extra)
     metrics = logged(tmp_path / "run")

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
+from pathlib import PurePosixPath
 from typing import Any
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from jsonargparse import Namespace
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from .data.datamodule import SemiSupervisedDataModule
@@ -13,6 +22,9 @@ from .prediction import PredictionWriter
 
 EVAL_KNOBS = ("eval_mode", "eval_crop_size", "eval_scales", "eval_flip")  # the command line's win over a checkpoint
 NETWORK_KNOBS = ("arch", "encoder_name", "model_kwargs")  # must match the checkpoint's
+EVAL_COMMANDS = ("validate", "test", "predict")  # they log under <logger name>/<command>/, not among the fits
+FOLDER_LOGGERS = (TensorBoardLogger, CSVLogger)  # the loggers that make a version_N folder per run
+OPTIMIZER_OPTIONS = ("--optimizer", "--lr_scheduler")  # LightningCLI's, off here: the model has its own
 
 
 def _plain(value: Any) -> Any:
@@ -22,17 +34,91 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _numbered(name: str, number: int) -> str:
+    """``config.yaml``, ``config_1.yaml``, ... and ``checkpoints``, ``checkpoints_1``, ..."""
+    stem, dot, suffix = name.partition(".")
+    return f"{stem}_{number}{dot}{suffix}" if number else name
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Saves the run's config next to its logs under a name that no file has yet: ``config.yaml``,
+    else ``config_1.yaml``, ``config_2.yaml``, ... (runs share a folder without a logger, or with
+    a fixed logger version); nothing is ever overwritten.
+
+    Without a logger (``trainer.logger: false``) a fit's checkpoints get the config's number too
+    (``checkpoints/``, ``checkpoints_1/``, ... of ``default_root_dir``, where a ModelCheckpoint has
+    no ``dirpath``), and validate / test / predict save their config in a ``<command>/``
+    sub-folder, away from the fits."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved or not self.save_to_log_dir or self.overwrite:
+            super().setup(trainer, pl_module, stage)
+            return
+        folder = trainer.log_dir  # this broadcasts the directory
+        assert folder is not None
+        loggerless = not trainer.loggers
+        if loggerless and stage != "fit":
+            folder = os.path.join(folder, stage)
+        numbered_checkpoints = loggerless and stage == "fit"
+        fs = get_filesystem(folder)
+        number = 0
+        if trainer.is_global_zero:
+            while fs.exists(os.path.join(folder, _numbered(self.config_filename, number))) or (
+                numbered_checkpoints and fs.exists(os.path.join(folder, _numbered("checkpoints", number)))
+            ):
+                number += 1
+        number = trainer.strategy.broadcast(number)
+        if numbered_checkpoints and number:
+            for callback in trainer.checkpoint_callbacks:  # set up after this callback (Lightning puts them last)
+                if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                    callback.dirpath = os.path.join(folder, _numbered("checkpoints", number))
+        if trainer.is_global_zero:
+            fs.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, _numbered(self.config_filename, number))
+            self.parser.save(self.config, path, skip_none=False, overwrite=False, multifile=self.multifile)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
 class MaskMatchCLI(LightningCLI):
     """``fit`` / ``validate`` / ``test`` / ``predict`` with ``model:``, ``data:``, ``trainer:`` and
     ``prediction:`` config sections. Linked: ``data.num_classes`` and ``data.class_names`` go
     to the model, ``model.strong_views`` to the data (one knob makes UniMatch's two views), and
-    an unset ``model.eval_crop_size`` is the data's ``crop_size``."""
+    an unset ``model.eval_crop_size`` is the data's ``crop_size``.
+
+    The optimiser and LR schedule are the model's (``model.optimizer``, ``model.lr``,
+    ``model.lr_multi``, ``model.poly_power``, ...): LightningCLI's ``--optimizer`` /
+    ``--lr_scheduler`` would replace them and are no options here. validate / test / predict
+    log into a ``<command>/`` sub-folder of the logger's folder (e.g.
+    ``lightning_logs/validate/version_0``), so that the ``version_N`` folders side by side are
+    the training runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("save_config_callback", SaveRunConfig)
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("model.strong_views", "data.strong_views", apply_on="parse")
+        for action in parser._actions:
+            if action.dest == "model.model" and hasattr(action, "extra_help"):
+                # jsonargparse lists every imported nn.Module subclass (about 100 help lines); any of them,
+                # or one of the user's, is given by class_path, and --model.model.help CLASS shows its arguments
+                action.extra_help = lambda: ""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        for arg in sys.argv[1:] if args is None else args if isinstance(args, list) else []:
+            if isinstance(arg, str) and arg.split("=")[0].split(".")[0] in OPTIMIZER_OPTIONS:
+                parser.error(
+                    f"{arg.split('=')[0]} is not an option: the optimiser and its poly LR schedule are the model's, "
+                    "set them with --model.optimizer (sgd or adamw), --model.lr, --model.lr_multi, "
+                    "--model.weight_decay, --model.momentum, --model.poly_power and --model.warmup_steps"
+                )
+        super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
         """Lightning fills the model's arguments from ``--ckpt_path``'s hyperparameters; here the
@@ -65,9 +151,41 @@ class MaskMatchCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.model.get("eval_crop_size") is None:
             config.model.eval_crop_size = config.data.crop_size
+        if self.subcommand in EVAL_COMMANDS:
+            _log_evaluation_apart(config.trainer, self.subcommand)
 
 
-def main(args: list[str] | None = None) -> None:
+def _log_evaluation_apart(trainer: Namespace, command: str) -> None:
+    """Points the trainer's TensorBoard / CSV loggers (Lightning's default one included) at
+    ``<save_dir>/<name>/<command>/version_N`` instead of ``<save_dir>/<name>/version_N``, the
+    folders of the training runs. Other loggers, and ``logger: false``, are left as they are."""
+    logger = trainer.get("logger")
+    if logger is False:
+        return
+    if logger is None or logger is True:  # Lightning's default logger, spelled out
+        save_dir = trainer.get("default_root_dir") or os.getcwd()
+        logger = Namespace(
+            class_path="lightning.pytorch.loggers.TensorBoardLogger",
+            init_args=Namespace(save_dir=os.fspath(save_dir), name="lightning_logs"),
+        )
+    for spec in logger if isinstance(logger, list) else [logger]:
+        if not isinstance(spec, Namespace) or not isinstance(spec.get("class_path"), str):
+            continue
+        module, _, name = spec.class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name, None) if module else None
+        if not (isinstance(cls, type) and issubclass(cls, FOLDER_LOGGERS)):
+            continue
+        if spec.get("init_args") is None:
+            spec.init_args = Namespace()
+        folder = spec.init_args.get("name", "lightning_logs")
+        if not folder:
+            spec.init_args.name = command
+        elif PurePosixPath(folder).name != command:  # a config saved by such a run keeps its folder
+            spec.init_args.name = f"{folder}/{command}"
+    trainer.logger = logger
+
+
+def main(args: ArgsType = None) -> None:
     """Entry point of the ``maskmatch-pl`` console script (``args`` default to ``sys.argv``)."""
     MaskMatchCLI(
         MaskMatchModule,

@@ -45,8 +45,10 @@ class MaskMatchModule(L.LightningModule):
         encoder_weights: None (random init), 'packaged' (ImageNet weights shipped in a pip package, no download) or a
             hub name such as 'imagenet' (downloads).
         model_kwargs: More keyword arguments for ``smp.create_model`` (e.g. decoder_channels).
-        model: Any nn.Module mapping B x 3 x H x W images to B x C x H x W logits, used instead of the smp model.
-        pad_multiple: Pad inputs to a multiple of this many pixels (default: the smp encoder's output stride).
+        model: Any nn.Module mapping B x 3 x H x W images to B x C x H x W logits, used instead of the smp model
+            (in a config: ``{class_path: ..., init_args: ...}``).
+        pad_multiple: Pad inputs to a multiple of this many pixels (default: the smp encoder's output stride, 1 for
+            other networks).
         sup_weight: Weight of the labeled loss.
         strong_weight: Weight of the strong-view consistency loss (the mean over strong views); 0 switches it off.
         masked_weight: Weight of the masked-view consistency loss (MaskMatch's masked modeling); 0 switches it off.
@@ -57,8 +59,8 @@ class MaskMatchModule(L.LightningModule):
             off).
         conf_threshold: Pseudo-label confidence threshold tau: pixels with confidence >= tau reach the unlabeled
             losses.
-        pseudo_label_scales: Input scales whose teacher softmax is averaged into the pseudo-labels (MaskMatch's multi-
-            scale ensembling).
+        pseudo_label_scales: Input scales whose teacher softmax is averaged into the pseudo-labels (MaskMatch's
+            multi-scale ensembling).
         pseudo_label_flip: Also average the teacher's prediction of the horizontally flipped weak view.
         mask_ratio: Share of the patches hidden in the masked view (0.7: 30 % visible).
         mask_ratio_max: If set above mask_ratio, the ratio is drawn per step from U(mask_ratio, mask_ratio_max).

@@ -48,11 +48,21 @@ def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
     return palette
 
 
+def full_palette(palette: Palette) -> list[tuple[int, int, int]]:
+    """``palette`` completed to 256 entries with the VOC colour map: what :func:`colorize` draws."""
+    return [tuple(colour) for colour in (list(palette) + voc_palette(256)[len(palette) :])[:256]]
+
+
+def ignore_colour(palette: Palette) -> tuple[int, int, int]:
+    """The colour of the ignore index 255: the palette's own entry 255 if it has one, else the
+    VOC colour map's (224, 224, 192), a pale beige."""
+    return full_palette(palette)[255]
+
+
 def colorize(mask: np.ndarray, palette: Palette) -> Image.Image:
-    """A class-index mask as a palette (mode ``P``) image; 255 keeps the VOC ignore colour."""
+    """A class-index mask as a palette (mode ``P``) image; 255 gets :func:`ignore_colour`."""
     image = Image.fromarray(mask.astype(np.uint8), mode="P")
-    full = list(palette) + voc_palette(256)[len(palette) :]
-    image.putpalette([value for colour in full[:256] for value in colour])
+    image.putpalette([value for colour in full_palette(palette) for value in colour])
     return image
 
 

@@ -42,17 +42,34 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         root: data root; split-file paths are relative to it (demo: the cache folder).
         split: a split name: ``labeled``/``unlabeled`` default to
             ``<splits_dir>/<split>/{labeled,unlabeled}.txt`` and ``val`` to ``<splits_dir>/val.txt``.
-        splits_dir: folder of split files (default ``<root>/splits``).
-        labeled, unlabeled, val, test, predict: explicit sources, each a split file, an
-            ``images/`` + ``masks/`` folder, or (unlabeled, predict) a plain image folder;
-            they override ``split``. ``test`` defaults to ``val``.
-        num_classes, class_names: required for ``custom``; preset otherwise.
-        crop_size, scale_range: training crop and random rescale range.
-        batch_size, unlabeled_batch_size, val_batch_size: per-process batch sizes
-            (unlabeled defaults to ``batch_size``); val batches of unequal images are padded.
+        splits_dir: folder of split files (default ``<root>/splits``; for ``pascal`` and
+            ``cityscapes`` without either, UniMatch's published splits shipped with the package).
+        labeled: labeled training images: a split file or an ``images/`` + ``masks/`` folder;
+            overrides ``split``.
+        unlabeled: unlabeled training images: a split file, an ``images/`` + ``masks/`` folder or
+            a plain image folder; overrides ``split``.
+        val: validation images: a split file or an ``images/`` + ``masks/`` folder; overrides
+            ``split``.
+        test: test images: a split file or an ``images/`` + ``masks/`` folder (default: ``val``).
+        predict: images to predict: a split file, an ``images/`` + ``masks/`` folder or a plain
+            image folder.
+        num_classes: number of classes; required for ``custom`` (``binary``: 2), preset otherwise.
+        class_names: class names for the per-class logs (default: the preset's, else ``0``,
+            ``1``, ...).
+        crop_size: side of the square training crop, in pixels.
+        scale_range: range ``[low, high]`` of the random rescale factor of the training images,
+            drawn uniformly before the crop.
+        batch_size: per-process batch size of the labeled training images.
+        unlabeled_batch_size: per-process batch size of the unlabeled training images (default
+            ``batch_size``).
+        val_batch_size: per-process batch size of val, test and predict; batches of unequal
+            images are padded.
         num_workers: loader worker processes.
         strong_views: strong views per unlabeled image (2 for UniMatch).
-        mask_mapping, binary: stored mask value -> class (``{255: 1}``), or non-zero -> 1.
+        mask_mapping: stored mask value -> class (e.g. ``{255: 1}`` for 0/255 masks).
+        binary: map every non-zero mask value to class 1.
+        cache_dir: where the demo dataset is generated (default ``$MASKMATCH_PL_CACHE`` or
+            ``~/.cache/maskmatch_pl``).
         verify: before training, check every file so that a bad one stops the run at once with
             its name (not hours in): ``full`` (default) decodes every image and mask once,
             ``headers`` reads the masks and only the image headers (faster; a truncated image is
@@ -60,8 +77,6 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         unlabeled_masks_for_monitoring: also read the masks of the unlabeled images (split-file
             lines with a mask, or ``images/`` + ``masks/``) and pass them as ``monitor_mask``, so
             that the model logs how good its pseudo-labels are (``pseudo/*``); no loss reads them.
-        cache_dir: where the demo dataset is generated (default ``$MASKMATCH_PL_CACHE`` or
-            ``~/.cache/maskmatch_pl``).
     """
 
     def __init__(
