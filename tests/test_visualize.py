@@ -148,3 +148,37 @@ def test_val_panels_with_the_real_module(tmp_path, tiny_module_kwargs):
     assert picture.shape[1] == 5 * 130 + GUTTER and picture.shape[0] > top + 130
     masked, image = picture[top : top + 128, GUTTER + 4 * 130 : 5 * 130], picture[top : top + 128, GUTTER:130]
     assert (masked != image).any(-1).mean() > 0.3
+
+
+def test_one_image_per_val_batch_still_fills_every_row(tmp_path):
+    """``val_batch_size: 1`` (the VOC setting): the rows come from successive batches."""
+    label = torch.full((1, 64, 64), 2, dtype=torch.long)
+    images, truth, prediction = columns(batch=3, size=64)
+    logits = torch.nn.functional.one_hot(prediction, 4).permute(0, 3, 1, 2).float()
+    module = SimpleNamespace(
+        eval_protocol=SimpleNamespace(probabilities=lambda network, x: logits[: len(x)], region=lambda x: x),
+        network=None,
+        teacher=Teacher(label, torch.ones(1, 64, 64)),
+        conf_threshold=0.9,
+        masking=lambda x, generator: torch.zeros_like(x),
+        class_names=NAMES,
+    )
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        is_global_zero=True,
+        global_step=5,
+        datamodule=SimpleNamespace(palette=PALETTE),
+        logger=SimpleNamespace(log_dir=str(tmp_path)),
+    )
+    callback = ValPanels(num_images=3)
+    callback.on_validation_epoch_start(trainer, module)
+    for index in range(3):
+        batch = {"image": images[index : index + 1], "mask": truth[index : index + 1]}
+        callback.on_validation_batch_end(trainer, module, None, batch, index)
+    picture = np.asarray(Image.open(tmp_path / "panels" / "val_step0000005.png"))
+    top, pitch = grid_top(picture), 128 + GUTTER
+    assert picture.shape[0] > top + 3 * pitch  # three rows of tiles, then the legend
+    for row in range(3):  # each row's truth tile is its own image's ground truth
+        tile = picture[top + row * pitch : top + row * pitch + 128, GUTTER + pitch : 2 * pitch]
+        expected = np.array(PALETTE)[truth[row].numpy()].repeat(2, 0).repeat(2, 1)
+        assert (tile == expected).all()

@@ -33,7 +33,10 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """``teacher = momentum * teacher + (1 - momentum) * student``, in place.
 
     Floating-point parameters and buffers (e.g. BatchNorm running statistics) are averaged;
-    integer buffers (``num_batches_tracked``) are copied from the student.
+    integer buffers (``num_batches_tracked``) are copied from the student. Written here rather
+    than with ``torch.optim.swa_utils.AveragedModel``: with ``use_buffers`` that one averages
+    the integer buffers too and wraps the copy (``module.*``, ``n_averaged`` in checkpoints), and
+    Lightning's ``WeightAveraging`` swaps the average into the student, which a teacher must not.
     """
     teacher_state = teacher.state_dict()
     for name, value in student.state_dict().items():

@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
@@ -163,10 +164,15 @@ class ValPanels(L.Callback):
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         self.num_images = num_images
+        self._columns: list[list[torch.Tensor]] = []  # per val batch: the five columns of its images
+        self._written = False
 
     @staticmethod
     def titles(conf_threshold: float) -> list[str]:
         return ["image", "truth", "prediction", f"pseudo-label\n(conf >= {conf_threshold:g})", "masked view"]
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._columns, self._written = [], False
 
     def on_validation_batch_end(
         self,
@@ -177,20 +183,52 @@ class ValPanels(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero:
+        """Collects the first ``num_images`` val images over as many batches as it takes
+        (``val_batch_size: 1`` gives one per batch) and writes the panel once it has them."""
+        collected = sum(len(columns[0]) for columns in self._columns)
+        if self._written or collected >= self.num_images or trainer.sanity_checking or not trainer.is_global_zero:
             return
+        self._columns.append(self.columns(pl_module, batch, self.num_images - collected, trainer.global_step))
+        if collected + len(self._columns[-1][0]) >= self.num_images:
+            self.flush(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._columns and not self._written:  # fewer val images than num_images
+            self.flush(trainer, pl_module)
+
+    @staticmethod
+    def columns(pl_module: L.LightningModule, batch: Any, count: int, step: int) -> list[torch.Tensor]:
+        """Image, truth, prediction, thresholded pseudo-label and masked view of the first
+        ``count`` images of ``batch``."""
         protocol = pl_module.eval_protocol
-        images, masks = batch["image"][: self.num_images], batch["mask"][: self.num_images]
+        images, masks = batch["image"][:count], batch["mask"][:count]
         with torch.no_grad():
             prediction = protocol.probabilities(pl_module.network, images).argmax(1)
             images, masks = protocol.region(images), protocol.region(masks)
             targets = pl_module.teacher.pseudo_labels(images)
         pseudo_label = targets.pseudo_label.masked_fill(targets.confidence < pl_module.conf_threshold, IGNORE_INDEX)
-        masked = pl_module.masking(images, torch.Generator().manual_seed(trainer.global_step))
+        masked = pl_module.masking(images, torch.Generator().manual_seed(step))
+        return [images, masks, prediction, pseudo_label, masked]
+
+    def flush(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Writes the collected rows as one panel; rows of other sizes are resized to the first's
+        (bilinear for images, nearest for label maps)."""
+        height, width = self._columns[0][0].shape[-2:]
+
+        def fit(column: torch.Tensor) -> torch.Tensor:
+            if column.shape[-2:] == (height, width):
+                return column
+            if column.dim() == 4:
+                return F.interpolate(column.float(), size=(height, width), mode="bilinear", align_corners=False)
+            return F.interpolate(column[:, None].float(), size=(height, width), mode="nearest")[:, 0].long()
+
+        images, masks, prediction, pseudo_label, masked = (
+            torch.cat([fit(columns[index]) for columns in self._columns]) for index in range(5)
+        )
+        self._written = True
         datamodule = getattr(trainer, "datamodule", None)
         palette = getattr(datamodule, "palette", None) or voc_palette(256)
         class_names = getattr(pl_module, "class_names", None) or getattr(datamodule, "class_names", None)
-        height, width = images.shape[-2:]
         scale = max(1, math.ceil(MIN_TILE_SIZE / min(height, width)))
         grid = panel([images, masks, prediction, pseudo_label, masked], palette, scale=scale, gap=GUTTER)
         legend = legend_entries([masks, prediction, pseudo_label], palette, class_names)

@@ -26,6 +26,7 @@ import gzip
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -125,20 +126,31 @@ def build_demo_dataset(cache_dir: str | Path | None = None, seed: int = 0) -> Pa
     """Generate the demo dataset once into ``cache_dir`` (default :func:`default_cache_dir`) and
     return its root; later calls return the cached copy. Safe against concurrent callers."""
     root = Path(cache_dir or default_cache_dir()).expanduser() / f"demo-{DEMO_VERSION}-seed{seed}"
-    if (root / "COMPLETE").is_file():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=root.parent))
-    try:
+
+    def fill(staging: Path) -> None:
         for folder in ("images", "masks", "splits"):
             (staging / folder).mkdir()
         _write(staging, seed)
-        (staging / "COMPLETE").write_text(f"maskmatch-pl demo dataset {DEMO_VERSION}, seed {seed}\n")
+
+    return build_once(root, fill, f"maskmatch-pl demo dataset {DEMO_VERSION}, seed {seed}")
+
+
+def build_once(target: Path, fill: Callable[[Path], None], note: str) -> Path:
+    """``target``, built once by ``fill(staging_folder)`` in a staging folder beside it that is
+    renamed into place with a ``COMPLETE`` file (``note``): an interrupted build leaves nothing
+    half-written behind, and concurrent callers (DDP ranks, test workers) agree on one copy."""
+    if (target / "COMPLETE").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        fill(staging)
+        (staging / "COMPLETE").write_text(note + "\n")
         try:
-            staging.rename(root)
+            staging.rename(target)
         except OSError:  # another process finished first
-            if not (root / "COMPLETE").is_file():
+            if not (target / "COMPLETE").is_file():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return root
+    return target

@@ -8,12 +8,10 @@ next to it, Copyright (c) 2022 Lihe Yang). They are unpacked once into the cache
 
 from __future__ import annotations
 
-import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 
-from .demo import default_cache_dir
+from .demo import build_once, default_cache_dir
 
 ARCHIVE = Path(__file__).with_name("unimatch_splits.tar.xz")
 PUBLISHED = ("pascal", "cityscapes")
@@ -25,19 +23,11 @@ def published_splits_dir(dataset: str, cache_dir: str | Path | None = None) -> P
     if dataset not in PUBLISHED:
         raise ValueError(f"published split files exist for {PUBLISHED}, not {dataset!r}")
     target = Path(cache_dir or default_cache_dir()).expanduser() / "unimatch-splits"
-    if not (target / "COMPLETE").is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".splits-", dir=target.parent))
-        try:
-            with tarfile.open(ARCHIVE) as archive:
-                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
-                archive.extractall(staging, **safe)
-            (staging / "COMPLETE").write_text("UniMatch split files (MIT licence, see LICENSE)\n")
-            try:
-                staging.rename(target)
-            except OSError:  # another process finished first
-                if not (target / "COMPLETE").is_file():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+
+    def fill(staging: Path) -> None:
+        with tarfile.open(ARCHIVE) as archive:
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
+            archive.extractall(staging, **safe)
+
+    build_once(target, fill, "UniMatch split files (MIT licence, see LICENSE)")
     return target / "splits" / dataset
