@@ -85,8 +85,8 @@ class Teacher:
         return self.targets
 
 
-def fake_run(tmp_path, label, confidence, threshold=0.9, size=64):
-    images, truth, prediction = columns(batch=len(label), size=size)
+def fake_parts(tmp_path, label, confidence, prediction, threshold=0.9, step=7):
+    """A stand-in module (its eval protocol predicts ``prediction``) and trainer for ValPanels."""
     logits = torch.nn.functional.one_hot(prediction, 4).permute(0, 3, 1, 2).float()
     module = SimpleNamespace(
         eval_protocol=SimpleNamespace(probabilities=lambda network, x: logits[: len(x)], region=lambda x: x),
@@ -99,10 +99,16 @@ def fake_run(tmp_path, label, confidence, threshold=0.9, size=64):
     trainer = SimpleNamespace(
         sanity_checking=False,
         is_global_zero=True,
-        global_step=7,
+        global_step=step,
         datamodule=SimpleNamespace(palette=PALETTE),
         logger=SimpleNamespace(log_dir=str(tmp_path)),
     )
+    return module, trainer
+
+
+def fake_run(tmp_path, label, confidence, threshold=0.9, size=64):
+    images, truth, prediction = columns(batch=len(label), size=size)
+    module, trainer = fake_parts(tmp_path, label, confidence, prediction, threshold)
     ValPanels(num_images=len(label)).on_validation_batch_end(trainer, module, None, {"image": images, "mask": truth}, 0)
     return np.asarray(Image.open(tmp_path / "panels" / "val_step0000007.png"))
 
@@ -154,22 +160,7 @@ def test_one_image_per_val_batch_still_fills_every_row(tmp_path):
     """``val_batch_size: 1`` (the VOC setting): the rows come from successive batches."""
     label = torch.full((1, 64, 64), 2, dtype=torch.long)
     images, truth, prediction = columns(batch=3, size=64)
-    logits = torch.nn.functional.one_hot(prediction, 4).permute(0, 3, 1, 2).float()
-    module = SimpleNamespace(
-        eval_protocol=SimpleNamespace(probabilities=lambda network, x: logits[: len(x)], region=lambda x: x),
-        network=None,
-        teacher=Teacher(label, torch.ones(1, 64, 64)),
-        conf_threshold=0.9,
-        masking=lambda x, generator: torch.zeros_like(x),
-        class_names=NAMES,
-    )
-    trainer = SimpleNamespace(
-        sanity_checking=False,
-        is_global_zero=True,
-        global_step=5,
-        datamodule=SimpleNamespace(palette=PALETTE),
-        logger=SimpleNamespace(log_dir=str(tmp_path)),
-    )
+    module, trainer = fake_parts(tmp_path, label, torch.ones(1, 64, 64), prediction, step=5)
     callback = ValPanels(num_images=3)
     callback.on_validation_epoch_start(trainer, module)
     for index in range(3):
