@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import subprocess
 import sys
 import time
@@ -186,6 +187,8 @@ class StepTimes(L.Callback):
 
 
 def lightning_step_time(module: MaskMatchModule, batch: dict, args, repeats: int) -> float:
+    """Median seconds per training step of ``module`` under Lightning's ``Trainer`` (batches
+    already in memory, two warm-up steps not counted)."""
     cpu_batch = {k: {n: t[0].cpu() for n, t in v.items()} for k, v in batch.items()}
     size = len(batch["labeled"]["image"])
     loaders = {k: DataLoader(Repeat(v, size * (repeats + 2)), batch_size=size) for k, v in cpu_batch.items()}
@@ -203,7 +206,7 @@ def lightning_step_time(module: MaskMatchModule, batch: dict, args, repeats: int
         limit_val_batches=0,
     )
     trainer.fit(module, train_dataloaders=loaders)
-    return sum(times.times[2:]) / len(times.times[2:])
+    return statistics.median(times.times[2:])
 
 
 def peak_rss_mib(name: str, mode: str, steps: int = 3) -> float:

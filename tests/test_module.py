@@ -110,8 +110,30 @@ def test_norm_stats_labeled_keeps_running_statistics_of_the_labeled_batch_only(t
     assert any(not torch.allclose(mixed[name].float(), expected[name].float()) for name in norms)
     momenta = {m.momentum for m in module.network.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert 0.0 not in momenta  # restored after the step
-    with pytest.raises(ValueError, match=r"norm_stats='labeled' \(the default\) needs student_forward='sequential'"):
+    with pytest.raises(ValueError, match=r"norm_stats='labeled' \(the default\) needs student_forward 'sequential'"):
         MaskMatchModule(**tiny_module_kwargs, student_forward="concat")
+    with pytest.raises(ValueError, match="student_forward must be 'sequential', 'batched' or 'concat', got 'joint'"):
+        MaskMatchModule(**tiny_module_kwargs, student_forward="joint")
+
+
+@pytest.mark.parametrize("norm_stats", ["labeled", "all"])
+def test_batched_student_forward_gives_the_sequential_step(tiny_module_kwargs, norm_stats):
+    """One forward for all views with per-view BatchNorm statistics: the same loss, gradients
+    and running statistics as one forward per view."""
+    sequential = MaskMatchModule(**tiny_module_kwargs, norm_stats=norm_stats, conf_threshold=0.1)
+    batched = MaskMatchModule(
+        **tiny_module_kwargs, norm_stats=norm_stats, conf_threshold=0.1, student_forward="batched"
+    )
+    batched.load_state_dict(sequential.state_dict())
+    batch = make_batch()
+    loss_sequential, _ = run_step(sequential, batch)
+    loss_batched, _ = run_step(batched, batch)
+    assert loss_batched.item() == pytest.approx(loss_sequential.item(), rel=1e-5)
+    theirs = dict(sequential.network.named_parameters())
+    for name, parameter in batched.network.named_parameters():
+        torch.testing.assert_close(parameter.grad, theirs[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+    torch.testing.assert_close(dict(batched.network.named_buffers()), dict(sequential.network.named_buffers()))
+    assert all("forward" not in m.__dict__ for m in batched.network.modules())  # BatchNorm layers restored
 
 
 def test_supervised_baseline_needs_no_unlabeled_loader_and_others_say_what_is_missing(tiny_module_kwargs):

@@ -13,7 +13,7 @@ from .masking import PatchMasking, apply_patch_mask, masked_view, random_patch_m
 from .module import MaskMatchModule  # noqa: E402
 from .monitoring import PseudoLabelMonitor  # noqa: E402
 from .multiscale import multiscale_probabilities, pseudo_labels, scale_probabilities  # noqa: E402
-from .network import SegmentationNetwork, forward_views, frozen_norm_statistics  # noqa: E402
+from .network import SegmentationNetwork, forward_views, frozen_norm_statistics, per_view_norm_statistics  # noqa: E402
 from .targets import IGNORE_INDEX, PseudoLabels  # noqa: E402
 from .teacher import Teacher, ema_momentum, ema_update  # noqa: E402
 from .visualize import ValPanels  # noqa: E402
@@ -49,6 +49,7 @@ __all__ = [
     "ohem_cross_entropy",
     "partner_indices",
     "paste",
+    "per_view_norm_statistics",
     "predict_probabilities",
     "pseudo_labels",
     "random_patch_mask",

@@ -76,8 +76,10 @@ class MaskMatchModule(L.LightningModule):
         teacher_pass: 'eval': the shared teacher predicts in eval mode (running BatchNorm statistics, no dropout);
             'joint': the reference's, the weak view shares the labeled batch's train-mode forward.
         ema_momentum: Momentum of the EMA teacher, warmed up as min(1 - 1/(t+1), m).
-        student_forward: 'sequential': one forward per view, each with its own BatchNorm statistics; 'concat': all
-            views in one forward (needs norm_stats 'all').
+        student_forward: 'sequential': one forward per view, each with its own BatchNorm statistics; 'batched': all
+            views in one forward with the same result (BatchNorm normalises each view with its own statistics; the
+            other layers run on the whole batch, faster for small models on CPU, see benchmarks/RESULTS.md);
+            'concat': all views in one forward with shared BatchNorm statistics (needs norm_stats 'all').
         norm_stats: Which student forwards update the BatchNorm running statistics: 'labeled' (the labeled batch only)
             or 'all' (the reference).
         sup_loss: Labeled loss: 'ce' (cross-entropy, 255 ignored) or 'ohem' (Cityscapes).
@@ -127,7 +129,7 @@ class MaskMatchModule(L.LightningModule):
         teacher: Literal["shared", "ema"] = "shared",
         teacher_pass: Literal["eval", "joint"] = "eval",
         ema_momentum: float = 0.996,
-        student_forward: Literal["concat", "sequential"] = "sequential",
+        student_forward: Literal["sequential", "batched", "concat"] = "sequential",
         norm_stats: NormStats = "labeled",
         sup_loss: Literal["ce", "ohem"] = "ce",
         ohem_thresh: float = 0.7,
@@ -152,8 +154,8 @@ class MaskMatchModule(L.LightningModule):
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if norm_stats == "labeled" and student_forward == "concat":
             raise ValueError(
-                "norm_stats='labeled' (the default) needs student_forward='sequential': concat shares one forward "
-                "between the views; with concat set norm_stats='all'"
+                "norm_stats='labeled' (the default) needs student_forward 'sequential' or 'batched': concat shares "
+                "BatchNorm statistics between the views; with concat set norm_stats='all'"
             )
         if teacher_pass == "joint" and teacher != "shared":
             raise ValueError("teacher_pass='joint' needs teacher='shared': an EMA teacher has weights of its own")
@@ -169,7 +171,9 @@ class MaskMatchModule(L.LightningModule):
         self.eval_protocol = EvalProtocol(eval_mode, eval_crop_size or 320, tuple(eval_scales), eval_flip)
         self.conf_threshold, self.cutmix_prob, self.fp_dropout = conf_threshold, cutmix_prob, fp_dropout
         self.strong_keys = strong_keys(strong_views)
-        self.teacher_pass, self.concat_views, self.norm_stats = teacher_pass, student_forward == "concat", norm_stats
+        if student_forward not in ("sequential", "batched", "concat"):
+            raise ValueError(f"student_forward must be 'sequential', 'batched' or 'concat', got {student_forward!r}")
+        self.teacher_pass, self.student_forward, self.norm_stats = teacher_pass, student_forward, norm_stats
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         net = (
             model
@@ -268,7 +272,9 @@ class MaskMatchModule(L.LightningModule):
         updates the BatchNorm running statistics."""
         inputs = {**labeled, **{name: view for name, (view, _) in views.items()}}
         update = [self.norm_stats == "all" or name == "sup" for name in inputs]
-        return dict(zip(inputs, forward_views(self.network, list(inputs.values()), self.concat_views, update)))
+        concat, per_view = self.student_forward != "sequential", self.student_forward == "batched"
+        logits = forward_views(self.network, list(inputs.values()), concat, update, per_view_stats=per_view)
+        return dict(zip(inputs, logits))
 
     def _perturbed(self, weak: torch.Tensor) -> torch.Tensor:
         with maybe_frozen(self.network, self.norm_stats == "labeled"):

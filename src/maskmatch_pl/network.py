@@ -40,11 +40,15 @@ def build_smp_model(
     return model
 
 
+def _norm_layers(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
 @contextmanager
 def frozen_norm_statistics(net: nn.Module) -> Iterator[None]:
     """Within the block, BatchNorm layers still normalise with the batch's statistics (train
     mode) but leave their running statistics, used in eval mode, as they are."""
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = _norm_layers(net)
     saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]  # the count drives momentum=None
     for norm in norms:
         norm.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
@@ -56,23 +60,67 @@ def frozen_norm_statistics(net: nn.Module) -> Iterator[None]:
             norm.num_batches_tracked.copy_(count)
 
 
+@contextmanager
+def per_view_norm_statistics(net: nn.Module, sizes: Sequence[int], update_stats: Sequence[bool]) -> Iterator[None]:
+    """Within the block, a train-mode forward of ``sum(sizes)`` images normalises each
+    consecutive chunk of ``sizes`` images with that chunk's own batch statistics, and only the
+    chunks flagged in ``update_stats`` move the running statistics: the BatchNorm result of one
+    forward per chunk, while every other layer runs on the whole batch at once."""
+    total, sizes, flags = sum(sizes), list(sizes), list(update_stats)
+
+    def chunked(norm: nn.modules.batchnorm._BatchNorm):  # noqa: ANN202 - a forward
+        original = norm.forward
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if not norm.training or x.shape[0] != total:
+                return original(x)
+            outputs = []
+            for chunk, flag in zip(x.split(sizes), flags):
+                with nullcontext() if flag else frozen_norm_statistics(norm):
+                    outputs.append(original(chunk))
+            return torch.cat(outputs)
+
+        return forward
+
+    norms = _norm_layers(net)
+    saved = [norm.__dict__.get("forward") for norm in norms]
+    for norm in norms:
+        norm.forward = chunked(norm)
+    try:
+        yield
+    finally:
+        for norm, forward in zip(norms, saved):
+            del norm.forward
+            if forward is not None:
+                norm.forward = forward
+
+
 NormStats = Literal["all", "labeled"]
 
 
 def forward_views(
-    network: nn.Module, views: Sequence[torch.Tensor], concat: bool = False, update_stats: Sequence[bool] | None = None
+    network: nn.Module,
+    views: Sequence[torch.Tensor],
+    concat: bool = False,
+    update_stats: Sequence[bool] | None = None,
+    per_view_stats: bool = False,
 ) -> list[torch.Tensor]:
     """Logits for each batch of ``views``: the BatchNorm policy of the student forwards.
 
-    ``concat``: all views in one forward (BatchNorm then normalises them with shared
-    statistics); otherwise one forward per view, each with its own batch statistics. In the
-    latter case ``update_stats[i]`` False keeps the i-th forward out of the running statistics
-    (those used in eval mode); default: every forward updates them.
+    ``concat``: all views in one forward; BatchNorm then normalises them with shared statistics,
+    unless ``per_view_stats``, which gives each view its own (the result of one forward per
+    view, with the other layers batched: :func:`per_view_norm_statistics`). Otherwise one
+    forward per view, each with its own batch statistics. ``update_stats[i]`` False keeps the
+    i-th view out of the running statistics (those used in eval mode) when each view has its
+    own statistics; default: every view updates them.
     """
     views = list(views)
-    if concat and len(views) > 1 and len({tuple(v.shape[1:]) for v in views}) == 1:
-        return list(network(torch.cat(views)).split([len(v) for v in views]))
     flags = list(update_stats) if update_stats is not None else [True] * len(views)
+    if concat and len(views) > 1 and len({tuple(v.shape[1:]) for v in views}) == 1:
+        sizes = [len(v) for v in views]
+        context = per_view_norm_statistics(network, sizes, flags) if per_view_stats else nullcontext()
+        with context:
+            return list(network(torch.cat(views)).split(sizes))
     return [network(v) if flag else frozen_forward(network, v) for v, flag in zip(views, flags)]
 
 

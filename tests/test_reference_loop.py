@@ -1,0 +1,57 @@
+"""The speed benchmark's plain-PyTorch FixMatch loop computes what our step computes, so that
+``ours / plain`` in ``benchmarks/reference_loop.py`` compares like with like."""
+
+import copy
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskmatch_pl import MaskMatchModule
+from maskmatch_pl.optim import build_optimizer
+
+from .conftest import TINY_MODEL
+from .test_module import make_batch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+reference_loop = importlib.import_module("reference_loop")
+cutmix_file = importlib.import_module("maskmatch_pl.cutmix")
+
+
+@pytest.mark.parametrize("teacher_pass", ["joint", "eval"])
+def test_plain_loop_step_equals_our_step(monkeypatch, teacher_pass):
+    torch.manual_seed(0)
+    module = MaskMatchModule(
+        num_classes=11,
+        masked_weight=0.0,
+        pseudo_label_scales=[1.0],
+        norm_stats="all",
+        teacher_pass=teacher_pass,
+        conf_threshold=0.2,  # some pixels confident, some not, with a random network
+        lr=reference_loop.LR,
+        lr_multi=reference_loop.LR_MULTI,
+        **TINY_MODEL,
+    )
+    module.log = lambda *args, **kwargs: None
+    monkeypatch.setattr(reference_loop, "TAU", 0.2)
+    batch = make_batch(batch=3, size=32)
+    batch["unlabeled"]["ignore_mask"][1, -6:] = 255
+    box = torch.zeros(3, 32, 32, dtype=torch.bool)
+    box[0, 4:20, 8:24] = box[2, 10:30, 0:12] = True
+    monkeypatch.setattr(cutmix_file, "cutmix_boxes", lambda *args, **kwargs: box)
+    plain_net = copy.deepcopy(module.network.net)
+
+    ours = module.training_step(batch, 0)
+    optimizer = build_optimizer(module.network.net, "sgd", reference_loop.LR, reference_loop.LR_MULTI)
+    ours.backward()
+    optimizer.step()
+    plain = reference_loop.plain_fixmatch_step(
+        plain_net, reference_loop.reference_optimizer(plain_net), batch, box, 0, 10, teacher_pass
+    )
+
+    assert ours.item() == pytest.approx(plain.item(), rel=1e-6)
+    theirs = plain_net.state_dict()
+    for name, value in module.network.net.state_dict().items():  # weights after the step and BN statistics
+        torch.testing.assert_close(value, theirs[name], rtol=1e-5, atol=1e-6, msg=name)
