@@ -12,8 +12,8 @@ batch (from the end of one step to the start of the next), which is what a slow 
 
 The VOC-like set is generated once (deterministic) into ``--data`` (default: a temporary
 folder): 500 x 375 JPEGs (quality 90, VOC's typical size) of coloured shapes on a textured
-background, with palette-PNG masks of 21 classes, as ``images/`` + ``masks/`` folders read
-through ``dataset: custom``.
+background, with greyscale-PNG masks of 21 classes (0-20, and 255 on the shapes' borders as
+VOC has), as ``images/`` + ``masks/`` folders read through ``dataset: custom``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from reference_loop import quiet
-from step_profile import MODELS, StepTimes, lightning_step_time, make_batch
+from step_profile import MODELS, StepTimes, bare_trainer, lightning_step_time, make_batch
 
 from maskmatch_pl import MaskMatchModule, SemiSupervisedDataModule
 
@@ -57,7 +57,7 @@ def write_voc_like(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
             width, height = 500, 375
             texture = rng.normal(0, 25, (height // 5, width // 5, 3)).repeat(5, 0).repeat(5, 1)
             base = np.clip(rng.uniform(60, 190, 3) + texture, 0, 255).astype(np.uint8)
-            image, mask = Image.fromarray(base), Image.new("P", (width, height), 0)
+            image, mask = Image.fromarray(base), Image.new("L", (width, height), 0)
             draw_image, draw_mask = ImageDraw.Draw(image), ImageDraw.Draw(mask)
             for _ in range(int(rng.integers(1, 5))):
                 cls = int(rng.integers(1, 21))
@@ -115,16 +115,7 @@ def real_fit_wait(data: SemiSupervisedDataModule, steps: int) -> tuple[float, fl
     """Median data wait and median step time (s) in a real ``fit`` of the demo MaskMatch model."""
     module = MaskMatchModule(num_classes=data.num_classes, encoder_weights=None, **DEMO_MODEL)
     wait, step = DataWait(), StepTimes()
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[wait, step],
-    )
+    trainer = bare_trainer(steps, [wait, step], accelerator="cpu")
     trainer.fit(module, datamodule=data)
     return statistics.median(wait.waits[5:]), statistics.median(step.times[5:])
 

@@ -186,6 +186,22 @@ class StepTimes(L.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
+def bare_trainer(steps: int, callbacks: list[L.Callback], **kwargs) -> L.Trainer:
+    """A ``Trainer`` for ``steps`` training steps on one device with nothing else: no logger,
+    checkpoints, progress bar or validation."""
+    return L.Trainer(
+        max_steps=steps,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=callbacks,
+        **kwargs,
+    )
+
+
 def lightning_step_time(module: MaskMatchModule, batch: dict, args, repeats: int) -> float:
     """Median seconds per training step of ``module`` under Lightning's ``Trainer`` (batches
     already in memory, two warm-up steps not counted)."""
@@ -193,17 +209,8 @@ def lightning_step_time(module: MaskMatchModule, batch: dict, args, repeats: int
     size = len(batch["labeled"]["image"])
     loaders = {k: DataLoader(Repeat(v, size * (repeats + 2)), batch_size=size) for k, v in cpu_batch.items()}
     times = StepTimes()
-    trainer = L.Trainer(
-        max_steps=repeats + 2,
-        accelerator=args.device if args.device != "cpu" else "cpu",
-        devices=1,
-        precision=args.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[times],
-        limit_val_batches=0,
+    trainer = bare_trainer(
+        repeats + 2, [times], accelerator=args.device if args.device != "cpu" else "cpu", precision=args.precision
     )
     trainer.fit(module, train_dataloaders=loaders)
     return statistics.median(times.times[2:])
