@@ -72,6 +72,7 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
         1000,
     ),
     "fixmatch+multiscale, tau 0.7": ("fixmatch+multiscale", [T7], 1000),
+    "fixmatch+multiscale, tau 0.5": ("fixmatch+multiscale", [tau(0.5)], 1000),  # fusion flattens: a lower tau?
     "fixmatch, tau 0.7, scales 1 + 1.5": ("fixmatch", [T7, "--model.pseudo_label_scales=[1.0, 1.5]"], 1000),
 }
 

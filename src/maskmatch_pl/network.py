@@ -40,8 +40,13 @@ def build_smp_model(
     return model
 
 
-def _norm_layers(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+def _norm_layers(net: nn.Module, tracking_only: bool = True) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``net`` (only those with running statistics if ``tracking_only``)."""
+    return [
+        m
+        for m in net.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.track_running_stats or not tracking_only)
+    ]
 
 
 @contextmanager
@@ -82,7 +87,7 @@ def per_view_norm_statistics(net: nn.Module, sizes: Sequence[int], update_stats:
 
         return forward
 
-    norms = _norm_layers(net)
+    norms = _norm_layers(net, tracking_only=False)  # layers without running statistics normalise per view too
     saved = [norm.__dict__.get("forward") for norm in norms]
     for norm in norms:
         norm.forward = chunked(norm)
