@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 CELL = """
-import json, resource, statistics, time, torch
+import json, statistics, time, torch
 from maskmatch_pl import MaskMatchModule
-from step_profile import make_batch
+from step_profile import make_batch, own_peak_mib
 torch.manual_seed(0)
 module = MaskMatchModule(num_classes=21, arch="DeepLabV3Plus", encoder_name="resnet50", encoder_weights=None)
 module.log = lambda *a, **k: None
@@ -36,7 +36,7 @@ for _ in range({steps} + 1):
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     times.append(time.perf_counter() - start)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = own_peak_mib()
 print(json.dumps({{"step": statistics.median(times[1:]), "peak_mib": peak}}))
 """
 

@@ -216,17 +216,29 @@ def lightning_step_time(module: MaskMatchModule, batch: dict, args, repeats: int
     return statistics.median(times.times[2:])
 
 
+def own_peak_mib() -> float:
+    """Peak resident memory (MiB) of this process's own address space: ``VmHWM`` from
+    ``/proc/self/status``. Not ``getrusage().ru_maxrss``: on Linux that keeps the high-water
+    mark of the process that spawned this one (it survives ``exec``), so a child of a large
+    parent reports the parent's peak."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
 def peak_rss_mib(name: str, mode: str, steps: int = 3) -> float:
     """Peak resident memory (MiB) of a fresh process that runs ``steps`` training steps of
     model ``name`` with ``student_forward=mode`` on the CPU (model and interpreter included)."""
     code = (
-        "import resource, sys, torch; sys.argv = ['x']; import step_profile as s; "
+        "import sys, torch; sys.argv = ['x']; import step_profile as s; "
         f"kw, size, b = s.MODELS[{name!r}]; "
         "m = s.MaskMatchModule(num_classes=11, encoder_weights=None, "
         f"student_forward={mode!r}, norm_stats={'all' if mode == 'concat' else 'labeled'!r}, **kw); "
         "m.log = lambda *a, **k: None; batch = s.make_batch(size, b, 'cpu')\n"
         f"for _ in range({steps}): m.training_step(batch, 1).backward()\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        "print(s.own_peak_mib())"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True)
     return float(out.stdout.strip().splitlines()[-1])
