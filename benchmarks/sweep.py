@@ -73,6 +73,13 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
     ),
     "fixmatch+multiscale, tau 0.7": ("fixmatch+multiscale", [T7], 1000),
     "fixmatch+multiscale, tau 0.5": ("fixmatch+multiscale", [tau(0.5)], 1000),  # fusion flattens: a lower tau?
+    # do the off-scales agree once training covers them? FixMatch with and without fusion, wider scale range
+    "fixmatch, tau 0.7, train scales 0.5-1.5": ("fixmatch", [T7, "--data.scale_range=[0.5, 1.5]"], 1000),
+    "fixmatch+multiscale, tau 0.7, train scales 0.5-1.5": (
+        "fixmatch+multiscale",
+        [T7, "--data.scale_range=[0.5, 1.5]"],
+        1000,
+    ),
     "fixmatch, tau 0.7, scales 1 + 1.5": ("fixmatch", [T7, "--model.pseudo_label_scales=[1.0, 1.5]"], 1000),
 }
 
