@@ -33,15 +33,12 @@ from step_profile import MODELS, StepTimes, bare_trainer, lightning_step_time, m
 
 from maskmatch_pl import MaskMatchModule, SemiSupervisedDataModule
 
-DEMO_MODEL = dict(
-    arch="FPN",
-    encoder_name="tu-tf_efficientnet_lite0",
-    model_kwargs={"decoder_pyramid_channels": 64, "decoder_segmentation_channels": 32},
-    mask_patch_size=8,
-    pseudo_label_scales=[1.0],
-    masked_weight=0.25,
-    conf_threshold=0.7,
-)
+DEMO_MODEL = {  # the demo network with configs/demo.yaml's method knobs
+    **MODELS["demo (FPN EfficientNet-Lite0, 64 px)"][0],
+    "pseudo_label_scales": [1.0],
+    "masked_weight": 0.25,
+    "conf_threshold": 0.7,
+}
 
 
 def write_voc_like(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
@@ -76,8 +73,7 @@ def write_voc_like(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
 def loader_images_per_second(data: SemiSupervisedDataModule, batches: int, warmup: int = 3) -> float:
     """Images/s (labeled + unlabeled) delivered by the two training loaders, after ``warmup`` batches."""
     data.setup("fit")
-    loaders = [data._loader(data.dataset("labeled"), data.hparams.batch_size, train=True)]
-    loaders.append(data._loader(data.dataset("unlabeled"), data.hparams.batch_size, train=True))
+    loaders = list(data.train_dataloader().iterables.values())  # the labeled and the unlabeled loader
     iterators = [iter(loader) for loader in loaders]
     images, start = 0, None
     for index in range(warmup + batches):

@@ -152,6 +152,8 @@ class MaskMatchModule(L.LightningModule):
         for name, value in (("conf_threshold", conf_threshold), ("cutmix_prob", cutmix_prob)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if student_forward not in ("sequential", "batched", "concat"):
+            raise ValueError(f"student_forward must be 'sequential', 'batched' or 'concat', got {student_forward!r}")
         if norm_stats == "labeled" and student_forward == "concat":
             raise ValueError(
                 "norm_stats='labeled' (the default) needs student_forward 'sequential' or 'batched': concat shares "
@@ -171,8 +173,6 @@ class MaskMatchModule(L.LightningModule):
         self.eval_protocol = EvalProtocol(eval_mode, eval_crop_size or 320, tuple(eval_scales), eval_flip)
         self.conf_threshold, self.cutmix_prob, self.fp_dropout = conf_threshold, cutmix_prob, fp_dropout
         self.strong_keys = strong_keys(strong_views)
-        if student_forward not in ("sequential", "batched", "concat"):
-            raise ValueError(f"student_forward must be 'sequential', 'batched' or 'concat', got {student_forward!r}")
         self.teacher_pass, self.student_forward, self.norm_stats = teacher_pass, student_forward, norm_stats
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         net = (
