@@ -81,6 +81,34 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
         1000,
     ),
     "fixmatch, tau 0.7, scales 1 + 1.5": ("fixmatch", [T7, "--model.pseudo_label_scales=[1.0, 1.5]"], 1000),
+    # fourth session: the arithmetic mean flattens the fused probabilities; a product of experts does not
+    "fixmatch+multiscale, tau 0.7, geometric fusion": (
+        "fixmatch+multiscale",
+        [T7, "--model.pseudo_label_fusion=geometric"],
+        1000,
+    ),
+    # is the masked view's cost its batch statistics? normalise it as the eval-mode teacher does
+    "fixmatch+masked, tau 0.7, weight 0.25, masked view on running BN statistics": (
+        "fixmatch+masked",
+        [T7, "--model.masked_weight=0.25", "--model.masked_norm=running"],
+        1000,
+    ),
+    # or is it the extra unlabeled weight? the masked view takes half of FixMatch's, as UniMatch's views share theirs
+    "fixmatch+masked, tau 0.7, strong 0.25 + masked 0.25": (
+        "fixmatch+masked",
+        [T7, "--model.strong_weight=0.25", "--model.masked_weight=0.25"],
+        1000,
+    ),
+    # weak views are already rescaled 0.75-1.25: a teacher scale below 1 then sees digits smaller than any it
+    # reads well, one above 1 restores them (benchmarks/fusion_probe.py --input-scale); fuse 1 and 1.25 only
+    "fixmatch, tau 0.7, scales 1 + 1.25, geometric fusion": (
+        "fixmatch",
+        [T7, "--model.pseudo_label_scales=[1.0, 1.25]", "--model.pseudo_label_fusion=geometric"],
+        1000,
+    ),
+    # does the masked view pay off with a longer budget (a regulariser)? both at twice the steps
+    "fixmatch, tau 0.7, 2,000 steps": ("fixmatch", [T7], 2000),
+    "fixmatch+masked, tau 0.7, weight 0.25, 2,000 steps": ("fixmatch+masked", [T7, "--model.masked_weight=0.25"], 2000),
 }
 
 

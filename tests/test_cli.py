@@ -86,6 +86,20 @@ def test_val_panels_show_image_truth_prediction_pseudo_label_and_masked_view(fit
     assert (masked != image).any(axis=-1).mean() > 0.3  # most 8-px patches hidden (ratio 0.7)
 
 
+def test_fusion_probe_scores_scales_and_fusion_rules_of_the_checkpoint(fitted):
+    ckpt = next(fitted.rglob("last.ckpt"))
+    command = [sys.executable, "benchmarks/fusion_probe.py", str(ckpt), "--threads", "1"]
+    command += ["--scales", "0.75", "1.0", "--sets", "1.0", "0.75 1.0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split(" | ")[0].strip("| "): line for line in result.stdout.splitlines() if line.startswith("| ")}
+    expected = {"scale 0.75", "scale 1", "mean of 1", "geometric of 1", "mean of 0.75 / 1", "geometric of 0.75 / 1"}
+    assert expected <= set(rows), result.stdout
+    cells = {name: rows[name].split(" | ")[1:] for name in expected}
+    assert cells["mean of 1"] == cells["scale 1"] == cells["geometric of 1"]  # one scale: nothing to fuse
+    assert all(0 <= float(cell[0]) <= 100 for cell in cells.values())
+
+
 @pytest.mark.parametrize("command", ["validate", "test"])
 def test_validate_and_test_from_the_checkpoint(fitted, demo_cache, tmp_path, command):
     ckpt = next(fitted.rglob("last.ckpt"))

@@ -116,6 +116,28 @@ def test_norm_stats_labeled_keeps_running_statistics_of_the_labeled_batch_only(t
         MaskMatchModule(**tiny_module_kwargs, student_forward="joint")
 
 
+def test_masked_norm_running_normalises_the_masked_view_as_the_eval_mode_teacher(tiny_module_kwargs):
+    module = MaskMatchModule(**{**tiny_module_kwargs, "pseudo_label_scales": [1.0]}, masked_norm="running")
+    norms = [m for m in module.network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    student = []  # (input, BatchNorm in train mode?, logits) of every forward that builds a graph
+
+    def record(net, inputs, output):
+        if torch.is_grad_enabled():
+            student.append((inputs[0].detach().clone(), norms[0].training, output.detach().clone()))
+
+    module.network.register_forward_hook(record)
+    run_step(module, make_batch())
+    assert [training for _, training, _ in student] == [True, True, False]  # labeled, strong, masked
+    masked_input, _, masked_logits = student[-1]
+    assert (masked_input == 0).float().mean() > 0.5  # the patch-masked view (70 % hidden)
+    assert all(m.training for m in norms)  # train mode restored
+    module.network.eval()  # the step moved no weights, and the masked forward no running statistics
+    with torch.no_grad():
+        torch.testing.assert_close(module.network(masked_input), masked_logits)
+    with pytest.raises(ValueError, match="masked_norm must be 'batch' or 'running', got 'eval'"):
+        MaskMatchModule(**tiny_module_kwargs, masked_norm="eval")
+
+
 @pytest.mark.parametrize("norm_stats", ["labeled", "all"])
 def test_batched_student_forward_gives_the_sequential_step(tiny_module_kwargs, norm_stats):
     """One forward for all views with per-view BatchNorm statistics: the same loss, gradients

@@ -1,8 +1,9 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskmatch_pl import multiscale_probabilities, pseudo_labels
+from maskmatch_pl import Teacher, fuse_probabilities, multiscale_probabilities, pseudo_labels, scale_probabilities
 
 
 def _model():
@@ -41,3 +42,33 @@ def test_pseudo_labels_are_max_and_argmax():
     probs = torch.tensor([[[[0.2]], [[0.7]], [[0.1]]]])
     confidence, label = pseudo_labels(probs)
     assert label.item() == 1 and abs(confidence.item() - 0.7) < 1e-6
+
+
+def test_fusion_rules_by_hand():
+    # two scales, three classes, one pixel: both scales pick class 0, one of them less sure
+    sure = torch.tensor([0.9, 0.05, 0.05]).view(1, 3, 1, 1)
+    unsure = torch.tensor([0.6, 0.2, 0.2]).view(1, 3, 1, 1)
+    mean = fuse_probabilities([sure, unsure], "mean")
+    torch.testing.assert_close(mean.flatten(), torch.tensor([0.75, 0.125, 0.125]))
+    geometric = fuse_probabilities([sure, unsure], "geometric")
+    unnormalised = torch.tensor([(0.9 * 0.6) ** 0.5, (0.05 * 0.2) ** 0.5, (0.05 * 0.2) ** 0.5])
+    torch.testing.assert_close(geometric.flatten(), unnormalised / unnormalised.sum())
+    # the product of experts keeps more of the agreeing scales' confidence than the average does
+    assert geometric[0, 0].item() > 0.78 > mean[0, 0].item()
+    # one map: both rules give it back
+    for rule in ("mean", "geometric"):
+        torch.testing.assert_close(fuse_probabilities([sure], rule), sure)
+
+
+def test_fusion_rule_is_checked_and_reaches_the_teacher():
+    with pytest.raises(ValueError, match="'median'"):
+        fuse_probabilities([torch.ones(1, 2, 1, 1) / 2], "median")
+    with pytest.raises(ValueError, match="'median'"):
+        Teacher(_model(), scales=(1.0,), fusion="median")
+    model, images = _model(), torch.randn(2, 3, 16, 16)
+    teacher = Teacher(model, scales=(0.75, 1.0, 1.25), fusion="geometric")
+    with torch.no_grad():
+        per_scale = scale_probabilities(model, images, (0.75, 1.0, 1.25))
+        got = teacher.probabilities(images)
+    torch.testing.assert_close(got, fuse_probabilities(per_scale, "geometric"))
+    assert not torch.allclose(got, torch.stack(per_scale).mean(0))

@@ -12,7 +12,7 @@ from .losses import LossWeights, SupervisedLoss, consistency_loss, ohem_cross_en
 from .masking import PatchMasking, apply_patch_mask, masked_view, random_patch_mask  # noqa: E402
 from .module import MaskMatchModule  # noqa: E402
 from .monitoring import PseudoLabelMonitor  # noqa: E402
-from .multiscale import multiscale_probabilities, pseudo_labels, scale_probabilities  # noqa: E402
+from .multiscale import fuse_probabilities, multiscale_probabilities, pseudo_labels, scale_probabilities  # noqa: E402
 from .network import SegmentationNetwork, forward_views, frozen_norm_statistics, per_view_norm_statistics  # noqa: E402
 from .targets import IGNORE_INDEX, PseudoLabels  # noqa: E402
 from .teacher import Teacher, ema_momentum, ema_update  # noqa: E402
@@ -44,6 +44,7 @@ __all__ = [
     "ema_update",
     "forward_views",
     "frozen_norm_statistics",
+    "fuse_probabilities",
     "masked_view",
     "multiscale_probabilities",
     "ohem_cross_entropy",

@@ -22,7 +22,15 @@ from .evaluation import EvalMode, EvalProtocol
 from .losses import LossWeights, SupervisedLoss, consistency_loss, rampup_factor
 from .masking import PatchMasking
 from .monitoring import PseudoLabelMonitor
-from .network import NormStats, SegmentationNetwork, build_smp_model, forward_views, maybe_frozen
+from .multiscale import Fusion
+from .network import (
+    NormStats,
+    SegmentationNetwork,
+    build_smp_model,
+    forward_views,
+    maybe_frozen,
+    running_norm_statistics,
+)
 from .optim import build_optimizer, poly_schedule
 from .targets import IGNORE_INDEX, PseudoLabels
 from .teacher import Teacher
@@ -62,6 +70,8 @@ class MaskMatchModule(L.LightningModule):
         pseudo_label_scales: Input scales whose teacher softmax is averaged into the pseudo-labels (MaskMatch's
             multi-scale ensembling).
         pseudo_label_flip: Also average the teacher's prediction of the horizontally flipped weak view.
+        pseudo_label_fusion: How the scales' probabilities combine: 'mean' (the paper's softmax averaging) or
+            'geometric' (softmax of the mean log-probability: keeps the confidence where the scales agree).
         mask_ratio: Share of the patches hidden in the masked view (0.7: 30 % visible).
         mask_ratio_max: If set above mask_ratio, the ratio is drawn per step from U(mask_ratio, mask_ratio_max).
         mask_patch_size: Side of the square patches of the masked view, in pixels of the training crop.
@@ -82,6 +92,8 @@ class MaskMatchModule(L.LightningModule):
             'concat': all views in one forward with shared BatchNorm statistics (needs norm_stats 'all').
         norm_stats: Which student forwards update the BatchNorm running statistics: 'labeled' (the labeled batch only)
             or 'all' (the reference).
+        masked_norm: How BatchNorm normalises the masked view: 'batch' (its own batch statistics, like every
+            student view) or 'running' (the running statistics, as the eval-mode teacher normalises the full view).
         sup_loss: Labeled loss: 'ce' (cross-entropy, 255 ignored) or 'ohem' (Cityscapes).
         ohem_thresh: OHEM: keep pixels whose true-class probability is at most this.
         ohem_min_kept: OHEM: keep at least this many pixels per batch.
@@ -118,6 +130,7 @@ class MaskMatchModule(L.LightningModule):
         conf_threshold: float = 0.95,
         pseudo_label_scales: Sequence[float] = (0.75, 1.0, 1.25),
         pseudo_label_flip: bool = False,
+        pseudo_label_fusion: Fusion = "mean",
         mask_ratio: float = 0.7,
         mask_ratio_max: float | None = None,
         mask_patch_size: int = 32,
@@ -131,6 +144,7 @@ class MaskMatchModule(L.LightningModule):
         ema_momentum: float = 0.996,
         student_forward: Literal["sequential", "batched", "concat"] = "sequential",
         norm_stats: NormStats = "labeled",
+        masked_norm: Literal["batch", "running"] = "batch",
         sup_loss: Literal["ce", "ohem"] = "ce",
         ohem_thresh: float = 0.7,
         ohem_min_kept: int = 200_000,
@@ -174,6 +188,9 @@ class MaskMatchModule(L.LightningModule):
         self.conf_threshold, self.cutmix_prob, self.fp_dropout = conf_threshold, cutmix_prob, fp_dropout
         self.strong_keys = strong_keys(strong_views)
         self.teacher_pass, self.student_forward, self.norm_stats = teacher_pass, student_forward, norm_stats
+        if masked_norm not in ("batch", "running"):
+            raise ValueError(f"masked_norm must be 'batch' or 'running', got {masked_norm!r}")
+        self.masked_norm = masked_norm
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         net = (
             model
@@ -183,7 +200,9 @@ class MaskMatchModule(L.LightningModule):
         self.network = SegmentationNetwork(net, pad_multiple)
         if fp_weight > 0:
             self.network.check_feature_perturbation()
-        self.teacher = Teacher(self.network, teacher, ema_momentum, pseudo_label_scales, pseudo_label_flip)
+        self.teacher = Teacher(
+            self.network, teacher, ema_momentum, pseudo_label_scales, pseudo_label_flip, pseudo_label_fusion
+        )
         self.val_iou = MulticlassJaccardIndex(
             num_classes, average="none", ignore_index=IGNORE_INDEX, validate_args=False
         )
@@ -253,7 +272,7 @@ class MaskMatchModule(L.LightningModule):
             per_scale = self.teacher.joint_scale_probabilities(weak, weak_logits)
         else:
             per_scale = self.teacher.scale_probabilities(weak)
-        fused = torch.stack(per_scale).mean(0)
+        fused = self.teacher.fuse(per_scale)
         if "monitor_mask" in unlabeled:  # true masks, for measuring only: no loss reads them
             scales = list(self.teacher.scales)
             single = per_scale[scales.index(1.0)] if 1.0 in scales else self.teacher.scale_probabilities(weak, [1.0])[0]
@@ -271,10 +290,14 @@ class MaskMatchModule(L.LightningModule):
         """Student logits per named view; with ``norm_stats='labeled'`` only the labeled forward
         updates the BatchNorm running statistics."""
         inputs = {**labeled, **{name: view for name, (view, _) in views.items()}}
+        masked = inputs.pop("masked") if self.masked_norm == "running" and "masked" in inputs else None
         update = [self.norm_stats == "all" or name == "sup" for name in inputs]
         concat, per_view = self.student_forward != "sequential", self.student_forward == "batched"
-        logits = forward_views(self.network, list(inputs.values()), concat, update, per_view_stats=per_view)
-        return dict(zip(inputs, logits))
+        logits = dict(zip(inputs, forward_views(self.network, list(inputs.values()), concat, update, per_view)))
+        if masked is not None:  # normalised as the eval-mode teacher normalises its full view
+            with running_norm_statistics(self.network):
+                logits["masked"] = self.network(masked)
+        return logits
 
     def _perturbed(self, weak: torch.Tensor) -> torch.Tensor:
         with maybe_frozen(self.network, self.norm_stats == "labeled"):

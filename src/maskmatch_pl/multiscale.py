@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 Network = Callable[[torch.Tensor], torch.Tensor]
+Fusion = Literal["mean", "geometric"]
 
 
 def scale_probabilities(
@@ -56,6 +58,25 @@ def multiscale_probabilities(
     """Softmax probabilities averaged over input scales (and horizontal flips): the mean of
     :func:`scale_probabilities`, ``B x C x H x W`` float32 at the input resolution."""
     return torch.stack(scale_probabilities(model, images, scales, flip)).mean(0)
+
+
+def fuse_probabilities(per_scale: Sequence[torch.Tensor], rule: Fusion = "mean") -> torch.Tensor:
+    """One ``B x C x H x W`` probability map from several (one per scale or view).
+
+    ``"mean"``: the arithmetic mean of the probabilities (the paper's softmax averaging).
+    ``"geometric"``: the normalised geometric mean, ``softmax(mean(log p))``, a product of
+    experts. Where the scales agree on a class it keeps their confidence; the arithmetic mean
+    lowers it whenever any one scale is less sure, so at the same threshold fewer pixels
+    become targets (benchmarks/RESULTS.md, "Multi-scale pseudo-labels").
+    """
+    if len(per_scale) == 0:
+        raise ValueError("fuse_probabilities needs at least one probability map")
+    if rule == "mean":
+        return torch.stack(list(per_scale)).mean(0)
+    if rule == "geometric":
+        logs = torch.stack([p.float().clamp_min(1e-12).log() for p in per_scale])
+        return logs.mean(0).softmax(dim=1)
+    raise ValueError(f"pseudo-label fusion must be 'mean' or 'geometric', got {rule!r}")
 
 
 def pseudo_labels(probabilities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,6 +66,20 @@ def frozen_norm_statistics(net: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
+def running_norm_statistics(net: nn.Module) -> Iterator[None]:
+    """Within the block, BatchNorm layers normalise with their running statistics (as in eval
+    mode) and leave them as they are, while every other layer (dropout) stays in its mode."""
+    norms = [m for m in _norm_layers(net) if m.training]
+    for norm in norms:
+        norm.eval()
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.train()
+
+
+@contextmanager
 def per_view_norm_statistics(net: nn.Module, sizes: Sequence[int], update_stats: Sequence[bool]) -> Iterator[None]:
     """Within the block, a train-mode forward of ``sum(sizes)`` images normalises each
     consecutive chunk of ``sizes`` images with that chunk's own batch statistics, and only the

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .multiscale import scale_probabilities
+from .multiscale import Fusion, fuse_probabilities, scale_probabilities
 from .network import frozen_norm_statistics
 from .targets import PseudoLabels
 
@@ -55,6 +55,8 @@ class Teacher(nn.Module):
         kind: ``shared`` or ``ema``.
         momentum: EMA momentum, warmed up as :func:`ema_momentum`.
         scales, flip: input scales (and horizontal flips) whose softmax is averaged.
+        fusion: how the scales' probabilities combine: ``mean`` (the paper) or ``geometric``
+            (:func:`~maskmatch_pl.multiscale.fuse_probabilities`).
 
     Only the EMA copy is a submodule (``teacher.ema.*`` in checkpoints): a shared teacher
     holds a reference to the student, not a second registration of its weights.
@@ -67,6 +69,7 @@ class Teacher(nn.Module):
         momentum: float = 0.996,
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
+        fusion: Fusion = "mean",
     ) -> None:
         super().__init__()
         if kind not in ("shared", "ema"):
@@ -75,7 +78,9 @@ class Teacher(nn.Module):
             raise ValueError(f"pseudo-label scales must be positive numbers, got {list(scales)}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"ema_momentum must be in [0, 1], got {momentum}")
-        self.kind, self.momentum, self.scales, self.flip = kind, momentum, tuple(scales), flip
+        if fusion not in ("mean", "geometric"):
+            raise ValueError(f"pseudo-label fusion must be 'mean' or 'geometric', got {fusion!r}")
+        self.kind, self.momentum, self.scales, self.flip, self.fusion = kind, momentum, tuple(scales), flip, fusion
         self._student = (student,)  # a tuple: not registered as a submodule
         self.ema = copy.deepcopy(student).requires_grad_(False).eval() if kind == "ema" else None
         self.last_step = -1  # the optimiser step the EMA weights last followed
@@ -97,8 +102,12 @@ class Teacher(nn.Module):
             network.train(was_training and self.ema is None)
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """The fused prediction: the mean of :meth:`scale_probabilities`."""
-        return torch.stack(self.scale_probabilities(images)).mean(0)
+        """The fused prediction: :meth:`scale_probabilities` combined by the teacher's ``fusion`` rule."""
+        return self.fuse(self.scale_probabilities(images))
+
+    def fuse(self, per_scale: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-scale probabilities combined by the teacher's ``fusion`` rule (:func:`fuse_probabilities`)."""
+        return fuse_probabilities(per_scale, self.fusion)
 
     def pseudo_labels(self, images: torch.Tensor, ignore_mask: torch.Tensor | None = None) -> PseudoLabels:
         """Pseudo-labels and confidences of weak views, fused over the teacher's scales."""
