@@ -27,6 +27,33 @@ def test_demo_dataset_is_deterministic_and_in_the_unimatch_layout(demo_cache, tm
     assert (other / "images" / "val_0007.png").read_bytes() == (root / "images" / "val_0007.png").read_bytes()
 
 
+def test_one_class_per_canvas_variant_keeps_the_layout_and_gives_each_canvas_one_digit_class(demo_cache, tmp_path):
+    from maskmatch_pl.data.demo import _write
+
+    for folder in ("images", "masks", "splits"):
+        (tmp_path / folder).mkdir()
+    _write(tmp_path, 0, one_class_per_canvas=True)
+    demo = build_demo_dataset(demo_cache)
+    assert (tmp_path / "splits" / "1_16" / "labeled.txt").read_text() == (
+        demo / "splits" / "1_16" / "labeled.txt"
+    ).read_text()
+    per_canvas, several = set(), 0
+    for index in range(100):
+        mask = np.asarray(Image.open(tmp_path / "masks" / f"train_{index:04d}.png"))
+        digits = set(np.unique(mask).tolist()) - {0, 255}
+        assert len(digits) == 1, index
+        per_canvas |= digits
+        several += _components(mask) > 1
+    assert per_canvas == set(range(1, 11)) and several > 30  # every class, and many canvases with 2-3 digits
+
+
+def _components(mask: np.ndarray) -> int:
+    """Connected regions of digit pixels (4-neighbourhood), ignore rim included."""
+    from scipy import ndimage
+
+    return int(ndimage.label(mask > 0)[1])
+
+
 def test_datamodule_batches_follow_the_documented_format(demo_cache):
     dm = SemiSupervisedDataModule(
         dataset="demo",

@@ -95,7 +95,10 @@ def render_canvas(
     return image.clip(0, 255).astype(np.uint8), mask
 
 
-def _write(root: Path, seed: int) -> None:
+def _write(root: Path, seed: int, one_class_per_canvas: bool = False) -> None:
+    """The canvases, masks and split files into ``root`` (``images/``, ``masks/`` and ``splits/`` exist).
+    ``one_class_per_canvas`` draws every digit of a canvas from one class (a benchmark variant with
+    context: a hidden digit's class can be read from the others)."""
     digits, labels = load_mnist_5k()
     shuffle = np.random.default_rng(seed).permutation(len(digits))
     digits, labels = digits[shuffle], labels[shuffle]
@@ -104,7 +107,10 @@ def _write(root: Path, seed: int) -> None:
     for split, count, pool in (("train", TRAIN_CANVASES, slice(0, 4000)), ("val", VAL_CANVASES, slice(4000, 5000))):
         for index in range(count):
             rng = np.random.default_rng([seed, index, split == "val"])
-            image, mask = render_canvas(digits[pool], labels[pool], rng)
+            chosen = slice(None)
+            if one_class_per_canvas:
+                chosen = labels[pool] == rng.integers(10)
+            image, mask = render_canvas(digits[pool][chosen], labels[pool][chosen], rng)
             name = f"{split}_{index:04d}.png"
             Image.fromarray(image).save(root / "images" / name)
             indexed = Image.fromarray(mask, mode="P")
