@@ -75,7 +75,8 @@ def main() -> None:
             if args.input_scale != 1.0:
                 images = F.interpolate(images, scale_factor=args.input_scale, mode="bilinear", align_corners=False)
                 masks = F.interpolate(masks[:, None].float(), size=images.shape[-2:], mode="nearest")[:, 0].long()
-            per_scale = dict(zip(scales, scale_probabilities(module.network, images, scales)))
+            predicted = scale_probabilities(module.teacher.network, images, scales, module.hparams.pseudo_label_flip)
+            per_scale = dict(zip(scales, predicted))
             for scale in args.scales:
                 monitor.update(f"scale {scale:g}", per_scale[scale], masks, tau)
             for group in sets:

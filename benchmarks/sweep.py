@@ -1,5 +1,6 @@
 """The sweep behind the demo defaults and the diagnosis of the masked view and multi-scale:
-one knob at a time from the demo configs, 1/16 labeled, 1,000 steps, seed 0; prints a markdown
+one knob at a time from the demo configs, 1/16 labeled, 1,000 steps unless a variant says otherwise,
+seed 0 unless --seeds says otherwise; prints a markdown
 table of val mIoU, the pseudo-label mIoU against the unlabeled masks (fused over scales / scale 1
 alone), the share of digit pixels that are confident, and the wall time per run.
 

@@ -138,6 +138,43 @@ def test_masked_norm_running_normalises_the_masked_view_as_the_eval_mode_teacher
         MaskMatchModule(**tiny_module_kwargs, masked_norm="eval")
 
 
+def test_running_norm_statistics_switches_only_tracking_batchnorm_and_restores_it():
+    from maskmatch_pl import running_norm_statistics
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.BatchNorm2d(4, track_running_stats=False)
+    ).train()
+    net[1].running_mean.fill_(3.0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    images = torch.randn(2, 3, 8, 8)
+    with running_norm_statistics(net):
+        assert not net[1].training and net[2].training and net[3].training
+        net(images)
+    assert all(m.training for m in net)
+    torch.testing.assert_close(net.state_dict(), before)  # running statistics and the batch count untouched
+    net.eval()
+    net[2].train(False)
+    with running_norm_statistics(net):  # a layer already in eval mode stays there afterwards
+        pass
+    assert not net[1].training
+
+
+def test_pseudo_label_fusion_reaches_the_step(tiny_module_kwargs):
+    kwargs = {**tiny_module_kwargs, "masked_weight": 0.0, "conf_threshold": 0.0, "cutmix_prob": 0.0}
+    geometric = MaskMatchModule(**kwargs, pseudo_label_fusion="geometric")
+    mean = MaskMatchModule(**kwargs)
+    mean.load_state_dict(geometric.state_dict())
+    assert geometric.teacher.fusion == "geometric" and mean.teacher.fusion == "mean"
+    batch = make_batch()
+    _, logged_geometric = run_step(geometric, batch)
+    _, logged_mean = run_step(mean, batch)
+    assert logged_geometric["train/loss_sup"] == pytest.approx(logged_mean["train/loss_sup"])
+    assert logged_geometric["train/loss_strong"] != pytest.approx(logged_mean["train/loss_strong"])
+    with pytest.raises(ValueError, match="pseudo_label_fusion must be 'mean' or 'geometric', got 'max'"):
+        MaskMatchModule(**tiny_module_kwargs, pseudo_label_fusion="max")
+
+
 @pytest.mark.parametrize("norm_stats", ["labeled", "all"])
 def test_batched_student_forward_gives_the_sequential_step(tiny_module_kwargs, norm_stats):
     """One forward for all views with per-view BatchNorm statistics: the same loss, gradients

@@ -72,3 +72,16 @@ def test_fusion_rule_is_checked_and_reaches_the_teacher():
         got = teacher.probabilities(images)
     torch.testing.assert_close(got, fuse_probabilities(per_scale, "geometric"))
     assert not torch.allclose(got, torch.stack(per_scale).mean(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_fusion_of_saturated_and_half_precision_maps_is_finite_float32(dtype):
+    saturated = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1).to(dtype)
+    unsure = torch.tensor([0.9, 0.1, 0.0]).view(1, 3, 1, 1).to(dtype)
+    for rule in ("mean", "geometric"):
+        fused = fuse_probabilities([saturated, unsure], rule)
+        assert fused.dtype == torch.float32 and torch.isfinite(fused).all()
+        torch.testing.assert_close(fused.sum(1), torch.ones(1, 1, 1), atol=2e-3, rtol=0)  # inputs rounded
+    # a product of experts: the scale that rules class 0 out vetoes it, though the other prefers it
+    assert fuse_probabilities([saturated, unsure], "geometric").argmax(1).item() == 1
+    assert fuse_probabilities([saturated, unsure], "mean").max(1).values.item() == pytest.approx(0.55, abs=1e-2)

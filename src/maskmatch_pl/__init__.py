@@ -13,7 +13,13 @@ from .masking import PatchMasking, apply_patch_mask, masked_view, random_patch_m
 from .module import MaskMatchModule  # noqa: E402
 from .monitoring import PseudoLabelMonitor  # noqa: E402
 from .multiscale import fuse_probabilities, multiscale_probabilities, pseudo_labels, scale_probabilities  # noqa: E402
-from .network import SegmentationNetwork, forward_views, frozen_norm_statistics, per_view_norm_statistics  # noqa: E402
+from .network import (  # noqa: E402
+    SegmentationNetwork,
+    forward_views,
+    frozen_norm_statistics,
+    per_view_norm_statistics,
+    running_norm_statistics,
+)
 from .targets import IGNORE_INDEX, PseudoLabels  # noqa: E402
 from .teacher import Teacher, ema_momentum, ema_update  # noqa: E402
 from .visualize import ValPanels  # noqa: E402
@@ -54,6 +60,7 @@ __all__ = [
     "predict_probabilities",
     "pseudo_labels",
     "random_patch_mask",
+    "running_norm_statistics",
     "scale_probabilities",
     "sliding_window_probabilities",
 ]

@@ -67,11 +67,12 @@ class MaskMatchModule(L.LightningModule):
             off).
         conf_threshold: Pseudo-label confidence threshold tau: pixels with confidence >= tau reach the unlabeled
             losses.
-        pseudo_label_scales: Input scales whose teacher softmax is averaged into the pseudo-labels (MaskMatch's
-            multi-scale ensembling).
+        pseudo_label_scales: Input scales whose teacher softmax is fused into the pseudo-labels (MaskMatch's
+            multi-scale ensembling; see pseudo_label_fusion).
         pseudo_label_flip: Also average the teacher's prediction of the horizontally flipped weak view.
         pseudo_label_fusion: How the scales' probabilities combine: 'mean' (the paper's softmax averaging) or
-            'geometric' (softmax of the mean log-probability: keeps the confidence where the scales agree).
+            'geometric' (softmax of the mean log-probability: keeps the confidence where the scales agree, and
+            lets a scale that rules a class out veto it). Flips are averaged within each scale first.
         mask_ratio: Share of the patches hidden in the masked view (0.7: 30 % visible).
         mask_ratio_max: If set above mask_ratio, the ratio is drawn per step from U(mask_ratio, mask_ratio_max).
         mask_patch_size: Side of the square patches of the masked view, in pixels of the training crop.
@@ -92,8 +93,9 @@ class MaskMatchModule(L.LightningModule):
             'concat': all views in one forward with shared BatchNorm statistics (needs norm_stats 'all').
         norm_stats: Which student forwards update the BatchNorm running statistics: 'labeled' (the labeled batch only)
             or 'all' (the reference).
-        masked_norm: How BatchNorm normalises the masked view: 'batch' (its own batch statistics, like every
-            student view) or 'running' (the running statistics, as the eval-mode teacher normalises the full view).
+        masked_norm: How BatchNorm normalises the masked view: 'batch' (as the other student views, per
+            student_forward) or 'running' (the running statistics, as the eval-mode teacher normalises the full
+            view; the masked view then runs in a forward of its own whatever student_forward says).
         sup_loss: Labeled loss: 'ce' (cross-entropy, 255 ignored) or 'ohem' (Cityscapes).
         ohem_thresh: OHEM: keep pixels whose true-class probability is at most this.
         ohem_min_kept: OHEM: keep at least this many pixels per batch.

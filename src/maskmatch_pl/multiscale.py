@@ -61,22 +61,26 @@ def multiscale_probabilities(
 
 
 def fuse_probabilities(per_scale: Sequence[torch.Tensor], rule: Fusion = "mean") -> torch.Tensor:
-    """One ``B x C x H x W`` probability map from several (one per scale or view).
+    """One float32 ``B x C x H x W`` probability map from several (one per scale; flips are
+    averaged within their scale first, by :func:`scale_probabilities`).
 
     ``"mean"``: the arithmetic mean of the probabilities (the paper's softmax averaging).
     ``"geometric"``: the normalised geometric mean, ``softmax(mean(log p))``, a product of
     experts. Where the scales agree on a class it keeps their confidence; the arithmetic mean
     lowers it whenever any one scale is less sure, so at the same threshold fewer pixels
-    become targets (benchmarks/RESULTS.md, "Multi-scale pseudo-labels").
+    become targets (benchmarks/RESULTS.md, "Multi-scale pseudo-labels"). Like any product of
+    experts it lets one scale veto a class: a class that one scale gives (almost) no
+    probability loses even if the others prefer it, and the winner can then be confident
+    where the scales disagree. Probabilities are floored at 1e-12 before the log.
     """
     if len(per_scale) == 0:
         raise ValueError("fuse_probabilities needs at least one probability map")
+    maps = torch.stack([p.float() for p in per_scale])
     if rule == "mean":
-        return torch.stack(list(per_scale)).mean(0)
+        return maps.mean(0)
     if rule == "geometric":
-        logs = torch.stack([p.float().clamp_min(1e-12).log() for p in per_scale])
-        return logs.mean(0).softmax(dim=1)
-    raise ValueError(f"pseudo-label fusion must be 'mean' or 'geometric', got {rule!r}")
+        return maps.clamp_min(1e-12).log().mean(0).softmax(dim=1)
+    raise ValueError(f"pseudo_label_fusion must be 'mean' or 'geometric', got {rule!r}")
 
 
 def pseudo_labels(probabilities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,8 +67,9 @@ def frozen_norm_statistics(net: nn.Module) -> Iterator[None]:
 
 @contextmanager
 def running_norm_statistics(net: nn.Module) -> Iterator[None]:
-    """Within the block, BatchNorm layers normalise with their running statistics (as in eval
-    mode) and leave them as they are, while every other layer (dropout) stays in its mode."""
+    """Within the block, BatchNorm layers that keep running statistics normalise with them (as in
+    eval mode) and leave them as they are, while every other layer (dropout) stays in its mode;
+    layers without running statistics keep using the batch's."""
     norms = [m for m in _norm_layers(net) if m.training]
     for norm in norms:
         norm.eval()

@@ -54,7 +54,7 @@ class Teacher(nn.Module):
         student: the network being trained (``B x 3 x H x W`` images to logits).
         kind: ``shared`` or ``ema``.
         momentum: EMA momentum, warmed up as :func:`ema_momentum`.
-        scales, flip: input scales (and horizontal flips) whose softmax is averaged.
+        scales, flip: input scales (and horizontal flips, averaged within each scale) whose softmax is fused.
         fusion: how the scales' probabilities combine: ``mean`` (the paper) or ``geometric``
             (:func:`~maskmatch_pl.multiscale.fuse_probabilities`).
 
@@ -79,7 +79,7 @@ class Teacher(nn.Module):
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"ema_momentum must be in [0, 1], got {momentum}")
         if fusion not in ("mean", "geometric"):
-            raise ValueError(f"pseudo-label fusion must be 'mean' or 'geometric', got {fusion!r}")
+            raise ValueError(f"pseudo_label_fusion must be 'mean' or 'geometric', got {fusion!r}")
         self.kind, self.momentum, self.scales, self.flip, self.fusion = kind, momentum, tuple(scales), flip, fusion
         self._student = (student,)  # a tuple: not registered as a submodule
         self.ema = copy.deepcopy(student).requires_grad_(False).eval() if kind == "ema" else None
