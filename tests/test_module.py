@@ -154,7 +154,6 @@ def test_running_norm_statistics_switches_only_tracking_batchnorm_and_restores_i
     assert all(m.training for m in net)
     torch.testing.assert_close(net.state_dict(), before)  # running statistics and the batch count untouched
     net.eval()
-    net[2].train(False)
     with running_norm_statistics(net):  # a layer already in eval mode stays there afterwards
         pass
     assert not net[1].training

@@ -57,7 +57,7 @@ def multiscale_probabilities(
 ) -> torch.Tensor:
     """Softmax probabilities averaged over input scales (and horizontal flips): the mean of
     :func:`scale_probabilities`, ``B x C x H x W`` float32 at the input resolution."""
-    return torch.stack(scale_probabilities(model, images, scales, flip)).mean(0)
+    return fuse_probabilities(scale_probabilities(model, images, scales, flip), "mean")
 
 
 def fuse_probabilities(per_scale: Sequence[torch.Tensor], rule: Fusion = "mean") -> torch.Tensor:
