@@ -194,6 +194,36 @@ def test_batched_student_forward_gives_the_sequential_step(tiny_module_kwargs, n
     assert all("forward" not in m.__dict__ for m in batched.network.modules())  # BatchNorm layers restored
 
 
+@pytest.mark.parametrize("fp_weight", [0.0, 0.5])
+def test_channels_last_gives_the_same_step_and_checkpoints(tiny_module_kwargs, fp_weight):
+    """channels_last stores the weights and feeds the images channels-last: the same loss and gradients
+    as the default layout (feature perturbation included), and its checkpoints load either way."""
+    kwargs = dict(tiny_module_kwargs, conf_threshold=0.1, fp_weight=fp_weight)
+    torch.manual_seed(0)
+    default = MaskMatchModule(**kwargs)
+    fast = MaskMatchModule(**kwargs, channels_last=True)
+    fast.load_state_dict(default.state_dict())
+    convolutions = [p for p in fast.network.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+    assert not all(p.is_contiguous(memory_format=torch.channels_last) for p in default.network.parameters())
+    batch = make_batch()
+    torch.manual_seed(0)  # the feature-perturbation dropout draws from the global generator
+    loss_default, _ = run_step(default, batch)
+    torch.manual_seed(0)
+    loss_fast, _ = run_step(fast, batch)
+    assert loss_fast.item() == pytest.approx(loss_default.item(), rel=1e-5)
+    # equal up to the order of float32 sums (a relative difference of about 1e-4 here), which near-zero
+    # gradients (a BatchNorm before a residual sum) make large relative to themselves: compare the whole vector
+    gradient_default, gradient_fast = (
+        torch.cat([p.grad.flatten() for p in m.network.parameters()]) for m in (default, fast)
+    )
+    assert (gradient_fast - gradient_default).norm() < 1e-2 * gradient_default.norm()
+    reloaded = MaskMatchModule(**kwargs)
+    reloaded.load_state_dict(fast.state_dict())
+    images = torch.randn(2, 3, 37, 45)  # padded to the stride, cropped back
+    torch.testing.assert_close(reloaded.eval()(images), fast.eval()(images), rtol=1e-4, atol=1e-5)
+
+
 def test_supervised_baseline_needs_no_unlabeled_loader_and_others_say_what_is_missing(tiny_module_kwargs):
     batch = {"labeled": make_batch()["labeled"]}
     supervised = MaskMatchModule(**{**tiny_module_kwargs, "strong_weight": 0.0, "masked_weight": 0.0})
