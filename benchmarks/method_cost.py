@@ -16,13 +16,12 @@ statistics (the sequential step's result); ``concat`` shares the statistics betw
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import time
 
 import torch
-from reference_loop import quiet, sync
+from reference_loop import speed_parser, start, sync
 from step_profile import MODELS, lightning_step_time, make_batch
 
 from maskmatch_pl import MaskMatchModule
@@ -64,19 +63,12 @@ def teacher_time(module: MaskMatchModule, images: torch.Tensor, scales, device: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps per round (after 2 warm-up steps)")
+    parser = speed_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args()
-    args.channels_last = args.compile = False
-    quiet()
-    torch.manual_seed(0)
-    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    print(f"device {args.device} ({where}), precision {args.precision}, torch {torch.__version__}\n")
+    start(args)
     for name in args.models:
         kwargs, size, batch_size = MODELS[name]
         batch = make_batch(size, batch_size, args.device)

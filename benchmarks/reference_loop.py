@@ -138,6 +138,23 @@ def quiet() -> None:
     warnings.filterwarnings("ignore")
 
 
+def speed_parser(description: str) -> argparse.ArgumentParser:
+    """The options every timing script shares: where it runs, in which precision, how many timed steps."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per round (after 2 warm-up steps)")
+    return parser
+
+
+def start(args: argparse.Namespace) -> None:
+    """Quiet Lightning, seed torch and print the line that says where the table was measured."""
+    quiet()
+    torch.manual_seed(0)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"device {args.device} ({where}), precision {args.precision}, torch {torch.__version__}\n")
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -164,19 +181,12 @@ def fixmatch_module(kwargs: dict, teacher_pass: str, device: str) -> MaskMatchMo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps per round (after 2 warm-up steps)")
+    parser = speed_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of plain loop, then Lightning")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batch", type=int, default=None, help="override the per-model batch size")
     args = parser.parse_args()
-    args.channels_last = args.compile = False  # what step_profile.lightning_step_time reads
-    quiet()
-    torch.manual_seed(0)
-    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    print(f"device {args.device} ({where}), precision {args.precision}, torch {torch.__version__}\n")
+    start(args)
     print(
         "| model | batch (labeled + unlabeled) | teacher pass | plain loop, same passes (ms) "
         "| ours under Lightning (ms) | ours / plain | fixmatch.py as written (ms) | ours / as written |\n"

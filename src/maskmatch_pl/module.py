@@ -58,8 +58,8 @@ class MaskMatchModule(L.LightningModule):
         pad_multiple: Pad inputs to a multiple of this many pixels (default: the smp encoder's output stride, 1 for
             other networks).
         channels_last: Keep the weights and feed the images in the channels-last memory format: the same model, a
-            faster one on CPU (oneDNN; 25 % off the demo's training step on 2 cores, benchmarks/RESULTS.md) and, as a
-            rule, on GPUs with tensor cores (not measured here). Off by default.
+            faster one on CPU (oneDNN; about 20 % off the demo's training step on 2 cores, benchmarks/RESULTS.md)
+            and, as a rule, on GPUs with tensor cores (not measured here). Off by default.
         sup_weight: Weight of the labeled loss.
         strong_weight: Weight of the strong-view consistency loss (the mean over strong views); 0 switches it off.
         masked_weight: Weight of the masked-view consistency loss (MaskMatch's masked modeling); 0 switches it off.
