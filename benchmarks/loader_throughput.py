@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--fit-steps", type=int, default=40, help="steps of the real demo fit (0: skip)")
     parser.add_argument("--data", default=None, help="where to generate the VOC-like JPEGs (default: a temp folder)")
     args = parser.parse_args()
-    args.device, args.precision, args.channels_last, args.compile = "cpu", "32-true", False, False
+    args.device, args.precision = "cpu", "32-true"
     quiet()
     torch.manual_seed(0)
     print(f"device cpu ({torch.get_num_threads()} CPU threads), torch {torch.__version__}\n")

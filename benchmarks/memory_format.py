@@ -40,10 +40,10 @@ def forward_time(module: MaskMatchModule, images: torch.Tensor, device: str, pre
     with torch.no_grad(), autocast:
         for _ in range(repeats + 2):
             sync(device)
-            start = time.perf_counter()
+            began = time.perf_counter()
             module(images)
             sync(device)
-            times.append(time.perf_counter() - start)
+            times.append(time.perf_counter() - began)
     module.train()
     return statistics.median(times[2:])
 

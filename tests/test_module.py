@@ -194,11 +194,11 @@ def test_batched_student_forward_gives_the_sequential_step(tiny_module_kwargs, n
     assert all("forward" not in m.__dict__ for m in batched.network.modules())  # BatchNorm layers restored
 
 
-@pytest.mark.parametrize("fp_weight", [0.0, 0.5])
-def test_channels_last_gives_the_same_step_and_checkpoints(tiny_module_kwargs, fp_weight):
+@pytest.mark.parametrize(("fp_weight", "teacher"), [(0.0, "shared"), (0.5, "shared"), (0.0, "ema")])
+def test_channels_last_gives_the_same_step_and_checkpoints(tiny_module_kwargs, fp_weight, teacher):
     """channels_last stores the weights and feeds the images channels-last: the same loss and gradients
     as the default layout (feature perturbation included), and its checkpoints load either way."""
-    kwargs = dict(tiny_module_kwargs, conf_threshold=0.1, fp_weight=fp_weight)
+    kwargs = dict(tiny_module_kwargs, conf_threshold=0.1, fp_weight=fp_weight, teacher=teacher)
     torch.manual_seed(0)
     default = MaskMatchModule(**kwargs)
     fast = MaskMatchModule(**kwargs, channels_last=True)
