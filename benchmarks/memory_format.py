@@ -49,9 +49,7 @@ def forward_time(module: MaskMatchModule, images: torch.Tensor, device: str, pre
 
 
 def main() -> None:
-    parser = speed_parser(__doc__)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--models", nargs="+", default=[next(iter(MODELS))], choices=list(MODELS))
+    parser = speed_parser(__doc__, rounds=2, models=[next(iter(MODELS))])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args()
     start(args)

@@ -63,9 +63,7 @@ def teacher_time(module: MaskMatchModule, images: torch.Tensor, scales, device: 
 
 
 def main() -> None:
-    parser = speed_parser(__doc__)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser = speed_parser(__doc__, rounds=2, models=list(MODELS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args()
     start(args)

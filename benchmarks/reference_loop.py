@@ -138,12 +138,15 @@ def quiet() -> None:
     warnings.filterwarnings("ignore")
 
 
-def speed_parser(description: str) -> argparse.ArgumentParser:
-    """The options every timing script shares: where it runs, in which precision, how many timed steps."""
+def speed_parser(description: str, rounds: int, models: list[str]) -> argparse.ArgumentParser:
+    """The options every timing script shares: where it runs, in which precision, how many timed steps
+    and rounds, and which of ``step_profile.MODELS`` (by default ``models``)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per round (after 2 warm-up steps)")
+    parser.add_argument("--rounds", type=int, default=rounds, help="rounds, alternating between the rows compared")
+    parser.add_argument("--models", nargs="+", default=models, choices=list(MODELS))
     return parser
 
 
@@ -181,9 +184,7 @@ def fixmatch_module(kwargs: dict, teacher_pass: str, device: str) -> MaskMatchMo
 
 
 def main() -> None:
-    parser = speed_parser(__doc__)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of plain loop, then Lightning")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser = speed_parser(__doc__, rounds=3, models=list(MODELS))  # a round: the plain loop, then Lightning
     parser.add_argument("--batch", type=int, default=None, help="override the per-model batch size")
     args = parser.parse_args()
     start(args)
