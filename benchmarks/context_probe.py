@@ -31,14 +31,18 @@ GRID_NAME = {"fixmatch+masked": "maskmatch"}  # the grid's run of the same confi
 
 def build_context_canvases(seed: int = 0) -> Path:
     """The demo's canvases with one digit class per canvas, built once into the demo cache."""
-    from maskmatch_pl.data.demo import DEMO_VERSION, _write, build_once, default_cache_dir
+    from maskmatch_pl.data.demo import (
+        DEMO_VERSION,
+        build_once,
+        default_cache_dir,
+        load_mnist_5k,
+        write_canvas_dataset,
+    )
 
     root = default_cache_dir() / f"demo-{DEMO_VERSION}-one-class-per-canvas-seed{seed}"
 
     def fill(staging: Path) -> None:
-        for folder in ("images", "masks", "splits"):
-            (staging / folder).mkdir()
-        _write(staging, seed, one_class_per_canvas=True)
+        write_canvas_dataset(staging, *load_mnist_5k(), seed, one_class_per_canvas=True)
 
     return build_once(root, fill, f"maskmatch-pl demo canvases {DEMO_VERSION}, one class per canvas, seed {seed}")
 

@@ -28,13 +28,13 @@ def test_demo_dataset_is_deterministic_and_in_the_unimatch_layout(demo_cache, tm
 
 
 def test_one_class_per_canvas_variant_gives_each_canvas_one_digit_class(demo_cache, tmp_path):
-    from maskmatch_pl.data.demo import _write
+    from maskmatch_pl.data.demo import load_mnist_5k, write_canvas_dataset
 
-    for folder in ("images", "masks", "splits"):
-        (tmp_path / folder).mkdir()
-    _write(tmp_path, 0, one_class_per_canvas=True)
+    sizes = {"train_canvases": 160, "val_canvases": 4, "labeled_counts": {"1_16": 10}}
+    write_canvas_dataset(tmp_path, *load_mnist_5k(), 0, one_class_per_canvas=True, **sizes)
     labeled = (tmp_path / "splits" / "1_16" / "labeled.txt").read_text().split()
-    assert len(labeled) == 2 * TRAIN_CANVASES // 16  # "images/x.png masks/x.png" per line
+    unlabeled = (tmp_path / "splits" / "1_16" / "unlabeled.txt").read_text().split()
+    assert len(labeled) == 2 * 10 and len(unlabeled) == 2 * 150  # "images/x.png masks/x.png" per line
     demo = build_demo_dataset(demo_cache)  # the default canvases are not this variant's
     assert (tmp_path / "masks" / "train_0000.png").read_bytes() != (demo / "masks" / "train_0000.png").read_bytes()
     per_canvas, several = set(), 0

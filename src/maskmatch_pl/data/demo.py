@@ -95,22 +95,43 @@ def render_canvas(
     return image.clip(0, 255).astype(np.uint8), mask
 
 
-def _write(root: Path, seed: int, one_class_per_canvas: bool = False) -> None:
-    """The canvases, masks and split files into ``root`` (``images/``, ``masks/`` and ``splits/`` exist).
-    ``one_class_per_canvas`` draws every digit of a canvas from one class (a benchmark variant with
-    context: a hidden digit's class can be read from the others)."""
-    digits, labels = load_mnist_5k()
-    shuffle = np.random.default_rng(seed).permutation(len(digits))
-    digits, labels = digits[shuffle], labels[shuffle]
+def write_canvas_dataset(
+    root: Path,
+    glyphs: np.ndarray,
+    labels: np.ndarray,
+    seed: int,
+    *,
+    train_canvases: int = TRAIN_CANVASES,
+    val_canvases: int = VAL_CANVASES,
+    labeled_counts: dict[str, int] | None = None,
+    one_class_per_canvas: bool = False,
+) -> None:
+    """Canvases of ``glyphs`` (``uint8 [n, h, w]`` coverage images, class ``labels[i]`` in 0-9 or more),
+    with masks and UniMatch-layout split files, written into ``root``: the demo's generator for any
+    pool of shapes (the demo passes MNIST digits; benchmarks pass other glyphs to test on a second
+    dataset of the same kind). The first 4/5 of the shuffled pool draw the train canvases, the rest
+    the val canvases (no glyph in both). ``labeled_counts`` maps a split name to its number of labeled
+    train canvases (default: the demo's 1/16, 1/8, 1/4 and full). ``one_class_per_canvas`` draws
+    every glyph of a canvas from one class (a benchmark variant with context)."""
+    if labeled_counts is None:
+        labeled_counts = {split: train_canvases // fraction for split, fraction in LABELED_FRACTIONS.items()}
+    for split, count in labeled_counts.items():
+        if not 0 < count <= train_canvases:
+            raise ValueError(f"split {split!r}: {count} labeled canvases, expected 1 to {train_canvases}")
+    for folder in ("images", "masks", "splits"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    shuffle = np.random.default_rng(seed).permutation(len(glyphs))
+    glyphs, labels = glyphs[shuffle], labels[shuffle]
+    cut = len(glyphs) * 4 // 5
     palette = [value for colour in voc_palette(256) for value in colour]
     names: dict[str, list[str]] = {"train": [], "val": []}
-    for split, count, pool in (("train", TRAIN_CANVASES, slice(0, 4000)), ("val", VAL_CANVASES, slice(4000, 5000))):
+    for split, count, pool in (("train", train_canvases, slice(0, cut)), ("val", val_canvases, slice(cut, None))):
         for index in range(count):
             rng = np.random.default_rng([seed, index, split == "val"])
             chosen = slice(None)
             if one_class_per_canvas:
-                chosen = labels[pool] == rng.integers(10)
-            image, mask = render_canvas(digits[pool][chosen], labels[pool][chosen], rng)
+                chosen = labels[pool] == rng.integers(labels.max() + 1)
+            image, mask = render_canvas(glyphs[pool][chosen], labels[pool][chosen], rng)
             name = f"{split}_{index:04d}.png"
             Image.fromarray(image).save(root / "images" / name)
             indexed = Image.fromarray(mask, mode="P")
@@ -118,11 +139,11 @@ def _write(root: Path, seed: int, one_class_per_canvas: bool = False) -> None:
             indexed.save(root / "masks" / name)
             names[split].append(f"images/{name} masks/{name}")
     (root / "splits" / "val.txt").write_text("\n".join(names["val"]) + "\n")
-    order = np.random.default_rng(seed).permutation(TRAIN_CANVASES)
-    for split, fraction in LABELED_FRACTIONS.items():
-        n_labeled = TRAIN_CANVASES // fraction
+    order = np.random.default_rng(seed).permutation(train_canvases)
+    for split, n_labeled in labeled_counts.items():
         labeled = [names["train"][i] for i in sorted(order[:n_labeled])]
-        unlabeled = [names["train"][i] for i in sorted(order[n_labeled:])] if fraction > 1 else names["train"]
+        everything = n_labeled == train_canvases  # a fully labeled split also lists every canvas as unlabeled
+        unlabeled = names["train"] if everything else [names["train"][i] for i in sorted(order[n_labeled:])]
         (root / "splits" / split).mkdir(parents=True)
         (root / "splits" / split / "labeled.txt").write_text("\n".join(labeled) + "\n")
         (root / "splits" / split / "unlabeled.txt").write_text("\n".join(unlabeled) + "\n")
@@ -134,9 +155,7 @@ def build_demo_dataset(cache_dir: str | Path | None = None, seed: int = 0) -> Pa
     root = Path(cache_dir or default_cache_dir()).expanduser() / f"demo-{DEMO_VERSION}-seed{seed}"
 
     def fill(staging: Path) -> None:
-        for folder in ("images", "masks", "splits"):
-            (staging / folder).mkdir()
-        _write(staging, seed)
+        write_canvas_dataset(staging, *load_mnist_5k(), seed)
 
     return build_once(root, fill, f"maskmatch-pl demo dataset {DEMO_VERSION}, seed {seed}")
 
