@@ -34,6 +34,7 @@ LARGER = [
     "--model.encoder_name=tu-tf_efficientnet_lite2",
     '--model.model_kwargs={"decoder_pyramid_channels": 128, "decoder_segmentation_channels": 64}',
 ]
+IMAGE = "--model.pseudo_label_scale_reference=image"
 # variant -> (method of the ablation grid, extra maskmatch-pl arguments, steps); 1/16 labeled.
 # Questions, each against its neighbour: the confidence threshold (FixMatch), the reference's
 # teacher pass, EMA teacher and BatchNorm policy; then, at tau 0.7, what the masked view and
@@ -122,6 +123,15 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
         [T7, "--model.masked_weight=0.25", *LARGER],
         1000,
     ),
+    # sixth session: teacher scales relative to the image's stored size, not to the already rescaled weak view
+    # (a view rescaled by s is predicted at scale / s): first one scale, then the fusions measured above
+    "fixmatch, tau 0.7, image-relative scale 1": ("fixmatch", [T7, IMAGE], 1000),
+    "fixmatch, tau 0.7, image-relative scales 1 + 1.25, geometric fusion": (
+        "fixmatch",
+        [T7, IMAGE, "--model.pseudo_label_scales=[1.0, 1.25]", "--model.pseudo_label_fusion=geometric"],
+        1000,
+    ),
+    "fixmatch+multiscale, tau 0.7, image-relative scales": ("fixmatch+multiscale", [T7, IMAGE], 1000),
 }
 
 

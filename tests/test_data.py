@@ -5,6 +5,7 @@ from PIL import Image
 
 from maskmatch_pl.data import DataFileError, DataSourceError, SampleReader, SemiSupervisedDataModule, load_samples
 from maskmatch_pl.data.demo import LABELED_FRACTIONS, TRAIN_CANVASES, build_demo_dataset
+from maskmatch_pl.data.transforms import to_tensor
 
 
 def test_demo_dataset_is_deterministic_and_in_the_unimatch_layout(demo_cache, tmp_path):
@@ -71,7 +72,8 @@ def test_datamodule_batches_follow_the_documented_format(demo_cache):
     labeled, unlabeled = batch["labeled"], batch["unlabeled"]
     assert labeled["image"].shape == (4, 3, 48, 48) and labeled["image"].dtype == torch.float32
     assert labeled["mask"].shape == (4, 48, 48) and labeled["mask"].dtype == torch.int64
-    assert set(unlabeled) == {"image", "strong", "strong2", "ignore_mask", "index"}
+    assert set(unlabeled) == {"image", "strong", "strong2", "ignore_mask", "view_scale", "index"}
+    assert unlabeled["view_scale"].shape == (4,) and unlabeled["view_scale"].dtype == torch.float32
     assert not torch.equal(unlabeled["strong"], unlabeled["strong2"])
     assert len(dm.dataset("labeled")) == len(dm.dataset("unlabeled")) == 1875  # labeled list cycled
     val = next(iter(dm.val_dataloader()))
@@ -86,6 +88,32 @@ def test_augmentations_are_a_function_of_seed_epoch_and_index(demo_cache):
     assert all(torch.equal(first[k], again[k]) for k in first)
     dataset.set_epoch(1)
     assert not torch.equal(first["strong"], dataset[5]["strong"])
+
+
+def test_view_scale_is_the_weak_views_rescale_and_leaves_the_views_alone(demo_cache):
+    from maskmatch_pl.data import UnlabeledDataset
+
+    dm = SemiSupervisedDataModule(dataset="demo", cache_dir=str(demo_cache), num_workers=0)
+    samples = dm.samples("unlabeled")[:40]
+    dataset = UnlabeledDataset(samples, dm.reader, 64, (0.5, 1.5), seed=1)
+    shrunk = 0
+    for index in range(40):
+        item = dataset[index]
+        factor = item["view_scale"].item()
+        assert 0.5 <= factor <= 1.5
+        if factor < 1:  # a 64-px canvas shrunk into a 64-px crop: the unpadded rows are the rescaled height
+            shrunk += 1
+            rows = int((item["ignore_mask"] != 255).any(1).sum())
+            assert rows == pytest.approx(64 * factor, abs=1e-6), index
+    assert shrunk > 5
+    # reading the factor changes no view: the same seed gives the same weak view without it
+    import albumentations as A
+
+    plain = A.Compose(dataset.weak.transforms)
+    image = dm.reader.image(samples[3].image)
+    plain.set_random_seed(hash((1, dataset.stream, 0, 3)) % (2**32))  # as _SeededAugmentation seeds the weak view
+    expected = plain(image=image, mask=np.zeros(image.shape[:2], dtype=np.uint8))["image"]
+    torch.testing.assert_close(dataset[3]["image"], to_tensor(expected))
 
 
 def _write_png(path, array, palette=False):

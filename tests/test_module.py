@@ -174,6 +174,32 @@ def test_pseudo_label_fusion_reaches_the_step(tiny_module_kwargs):
         MaskMatchModule(**tiny_module_kwargs, pseudo_label_fusion="max")
 
 
+def test_image_relative_pseudo_label_scales_read_the_batchs_view_scale(tiny_module_kwargs):
+    kwargs = {**tiny_module_kwargs, "masked_weight": 0.0, "conf_threshold": 0.0, "cutmix_prob": 0.0}
+    kwargs["pseudo_label_scales"] = [1.0]
+    image = MaskMatchModule(**kwargs, pseudo_label_scale_reference="image")
+    view = MaskMatchModule(**kwargs)
+    start = {name: value.clone() for name, value in image.state_dict().items()}
+
+    def step(module, view_scale):  # every step from the same weights and BatchNorm statistics
+        module.load_state_dict(start)
+        batch = make_batch()
+        if view_scale is not None:
+            batch["unlabeled"]["view_scale"] = torch.tensor(view_scale)
+        return run_step(module, batch)[1]
+
+    with pytest.raises(ValueError, match="'view_scale' in the unlabeled batch"):
+        step(image, None)
+    reference = step(view, None)
+    unscaled = step(image, [1.0, 1.0, 1.0, 1.0])  # views at the stored size: the same targets
+    assert unscaled["train/loss_strong"] == pytest.approx(reference["train/loss_strong"], rel=1e-5)
+    rescaled = step(image, [0.5, 0.75, 1.5, 2.0])  # predicted at 2, 1.33, 0.67 and 0.5
+    assert rescaled["train/loss_sup"] == pytest.approx(reference["train/loss_sup"], rel=1e-5)
+    assert rescaled["train/loss_strong"] != pytest.approx(reference["train/loss_strong"], rel=1e-3)
+    with pytest.raises(ValueError, match="needs pseudo_label_scale_reference='view'"):
+        MaskMatchModule(**kwargs, pseudo_label_scale_reference="image", teacher_pass="joint")
+
+
 @pytest.mark.parametrize("norm_stats", ["labeled", "all"])
 def test_batched_student_forward_gives_the_sequential_step(tiny_module_kwargs, norm_stats):
     """One forward for all views with per-view BatchNorm statistics: the same loss, gradients

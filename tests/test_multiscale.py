@@ -3,7 +3,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskmatch_pl import Teacher, fuse_probabilities, multiscale_probabilities, pseudo_labels, scale_probabilities
+from maskmatch_pl import (
+    Teacher,
+    fuse_probabilities,
+    image_scale_probabilities,
+    multiscale_probabilities,
+    pseudo_labels,
+    scale_probabilities,
+)
 
 
 def _model():
@@ -85,3 +92,34 @@ def test_fusion_of_saturated_and_half_precision_maps_is_finite_float32(dtype):
     # a product of experts: the scale that rules class 0 out vetoes it, though the other prefers it
     assert fuse_probabilities([saturated, unsure], "geometric").argmax(1).item() == 1
     assert fuse_probabilities([saturated, unsure], "mean").max(1).values.item() == pytest.approx(0.55, abs=1e-2)
+
+
+def test_image_relative_scales_predict_each_view_at_scale_over_its_rescale():
+    model, images = _model(), torch.randn(3, 3, 16, 16)
+    view_scale = torch.tensor([0.5, 1.0, 1.25])
+    with torch.no_grad():
+        got = image_scale_probabilities(model, images, (1.0, 1.5), view_scale, flip=True)
+        for index, factor in enumerate(view_scale.tolist()):  # one view at a time, at 1 / s and 1.5 / s
+            expected = scale_probabilities(model, images[index : index + 1], (1.0 / factor, 1.5 / factor), flip=True)
+            for scale, probs in enumerate(expected):
+                torch.testing.assert_close(got[scale][index : index + 1], probs)
+        # views the pipeline did not rescale get the view-relative prediction
+        plain = scale_probabilities(model, images, (1.0, 1.5))
+        ones = image_scale_probabilities(model, images, (1.0, 1.5), torch.ones(3))
+    for a, b in zip(ones, plain):
+        torch.testing.assert_close(a, b)
+    assert got[0].shape == (3, 5, 16, 16) and not torch.allclose(got[0][0], plain[0][0], atol=1e-3)
+    with pytest.raises(ValueError, match="one positive factor per image"):
+        image_scale_probabilities(model, images, (1.0,), torch.tensor([1.0, 0.0, 1.0]))
+
+
+def test_the_teacher_reads_view_scale_when_its_scales_are_image_relative():
+    model, images, view_scale = _model(), torch.randn(2, 3, 16, 16), torch.tensor([0.8, 1.25])
+    teacher = Teacher(model, scales=(1.0, 1.25), fusion="geometric", reference="image")
+    with torch.no_grad():
+        expected = fuse_probabilities(image_scale_probabilities(model, images, (1.0, 1.25), view_scale), "geometric")
+        torch.testing.assert_close(teacher.probabilities(images, view_scale), expected)
+    with pytest.raises(ValueError, match="view_scale"):
+        teacher.probabilities(images)
+    with pytest.raises(ValueError, match="'view' or 'image'"):
+        Teacher(model, reference="crop")

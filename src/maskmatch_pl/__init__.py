@@ -12,7 +12,13 @@ from .losses import LossWeights, SupervisedLoss, consistency_loss, ohem_cross_en
 from .masking import PatchMasking, apply_patch_mask, masked_view, random_patch_mask  # noqa: E402
 from .module import MaskMatchModule  # noqa: E402
 from .monitoring import PseudoLabelMonitor  # noqa: E402
-from .multiscale import fuse_probabilities, multiscale_probabilities, pseudo_labels, scale_probabilities  # noqa: E402
+from .multiscale import (  # noqa: E402
+    fuse_probabilities,
+    image_scale_probabilities,
+    multiscale_probabilities,
+    pseudo_labels,
+    scale_probabilities,
+)
 from .network import (  # noqa: E402
     SegmentationNetwork,
     forward_views,
@@ -52,6 +58,7 @@ __all__ = [
     "frozen_norm_statistics",
     "fuse_probabilities",
     "masked_view",
+    "image_scale_probabilities",
     "multiscale_probabilities",
     "ohem_cross_entropy",
     "partner_indices",

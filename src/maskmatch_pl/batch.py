@@ -9,7 +9,8 @@ Every batch is a ``dict``:
   (``strong2`` a second one for UniMatch), both float ``B x 3 x H x W``; optional
   ``ignore_mask`` integer ``B x H x W``, 255 on crop padding and 0 elsewhere; optional
   ``monitor_mask`` integer ``B x H x W``, the weak view's true mask, only scored against
-  (pseudo-label quality), never trained on;
+  (pseudo-label quality), never trained on; optional ``view_scale`` float ``B``, the factor by
+  which the weak view rescaled the stored image (read by ``pseudo_label_scale_reference='image'``);
 - val/test: ``image`` and ``mask`` as labeled; predict: ``image``, optional ``name`` (list of
   str) and ``size`` (``B x 2`` original height, width, to crop padded batches back).
 """

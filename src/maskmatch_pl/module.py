@@ -33,7 +33,7 @@ from .network import (
 )
 from .optim import build_optimizer, poly_schedule
 from .targets import IGNORE_INDEX, PseudoLabels
-from .teacher import Teacher
+from .teacher import ScaleReference, Teacher
 
 
 class MaskMatchModule(L.LightningModule):
@@ -76,6 +76,10 @@ class MaskMatchModule(L.LightningModule):
         pseudo_label_fusion: How the scales' probabilities combine: 'mean' (the paper's softmax averaging) or
             'geometric' (softmax of the mean log-probability: keeps the confidence where the scales agree, and
             lets a scale that rules a class out veto it). Flips are averaged within each scale first.
+        pseudo_label_scale_reference: What the pseudo-label scales are relative to: 'view' (the weak view as the data
+            pipeline rescaled it, the reference) or 'image' (the image's stored size: a weak view rescaled by s is
+            predicted at scale / s, so scale 1 sees objects at their stored size; needs 'view_scale' in the
+            unlabeled batches, which maskmatch_pl's data module provides; views are then predicted one at a time).
         mask_ratio: Share of the patches hidden in the masked view (0.7: 30 % visible).
         mask_ratio_max: If set above mask_ratio, the ratio is drawn per step from U(mask_ratio, mask_ratio_max).
         mask_patch_size: Side of the square patches of the masked view, in pixels of the training crop.
@@ -137,6 +141,7 @@ class MaskMatchModule(L.LightningModule):
         pseudo_label_scales: Sequence[float] = (0.75, 1.0, 1.25),
         pseudo_label_flip: bool = False,
         pseudo_label_fusion: Fusion = "mean",
+        pseudo_label_scale_reference: ScaleReference = "view",
         mask_ratio: float = 0.7,
         mask_ratio_max: float | None = None,
         mask_patch_size: int = 32,
@@ -181,6 +186,10 @@ class MaskMatchModule(L.LightningModule):
             )
         if teacher_pass == "joint" and teacher != "shared":
             raise ValueError("teacher_pass='joint' needs teacher='shared': an EMA teacher has weights of its own")
+        if teacher_pass == "joint" and pseudo_label_scale_reference != "view":
+            raise ValueError(
+                "teacher_pass='joint' predicts the weak view as it comes: it needs pseudo_label_scale_reference='view'"
+            )
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if class_names is not None and len(class_names) != num_classes:
@@ -207,7 +216,13 @@ class MaskMatchModule(L.LightningModule):
         if fp_weight > 0:
             self.network.check_feature_perturbation()
         self.teacher = Teacher(
-            self.network, teacher, ema_momentum, pseudo_label_scales, pseudo_label_flip, pseudo_label_fusion
+            self.network,
+            teacher,
+            ema_momentum,
+            pseudo_label_scales,
+            pseudo_label_flip,
+            pseudo_label_fusion,
+            pseudo_label_scale_reference,
         )
         self.val_iou = MulticlassJaccardIndex(
             num_classes, average="none", ignore_index=IGNORE_INDEX, validate_args=False
@@ -271,17 +286,21 @@ class MaskMatchModule(L.LightningModule):
     ) -> tuple[torch.Tensor | None, PseudoLabels]:
         """The teacher's targets for the weak view; with ``teacher_pass='joint'`` also the labeled
         logits of the train-mode forward the two batches shared (the reference)."""
-        weak, sup_logits = unlabeled["image"], None
+        weak, sup_logits, view_scale = unlabeled["image"], None, unlabeled.get("view_scale")
         if self.teacher_pass == "joint":
             both = self.network(torch.cat([labeled_images, weak]))
             sup_logits, weak_logits = both.split([len(labeled_images), len(weak)])
             per_scale = self.teacher.joint_scale_probabilities(weak, weak_logits)
         else:
-            per_scale = self.teacher.scale_probabilities(weak)
+            per_scale = self.teacher.scale_probabilities(weak, view_scale=view_scale)
         fused = self.teacher.fuse(per_scale)
         if "monitor_mask" in unlabeled:  # true masks, for measuring only: no loss reads them
             scales = list(self.teacher.scales)
-            single = per_scale[scales.index(1.0)] if 1.0 in scales else self.teacher.scale_probabilities(weak, [1.0])[0]
+            single = (
+                per_scale[scales.index(1.0)]
+                if 1.0 in scales
+                else self.teacher.scale_probabilities(weak, [1.0], view_scale)[0]
+            )
             scored = {"pseudo": fused, "pseudo_single_scale": single}
             scored.update({f"pseudo_scale_{s:g}": p for s, p in zip(scales, per_scale) if len(scales) > 1 and s != 1.0})
             for name, probs in scored.items():

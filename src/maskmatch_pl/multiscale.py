@@ -52,6 +52,34 @@ def scale_probabilities(
     return per_scale
 
 
+def image_scale_probabilities(
+    model: Network, images: torch.Tensor, scales: Sequence[float], view_scale: torch.Tensor, flip: bool = False
+) -> list[torch.Tensor]:
+    """:func:`scale_probabilities` with the scales taken relative to each image's stored size
+    rather than to the view: view ``i``, which the data pipeline rescaled by ``view_scale[i]``,
+    is predicted at ``scale / view_scale[i]`` for each scale, so that scale 1 sees the objects at
+    their stored size whatever the view's random rescale was. Each view has factors of its own,
+    so the views are predicted one at a time (use it with eval-mode networks, whose output does
+    not depend on the batch).
+
+    Args:
+        model, images, scales, flip: as :func:`scale_probabilities`.
+        view_scale: ``B`` positive factors, one per view.
+
+    Returns:
+        one ``B x C x H x W`` tensor per scale, in the order of ``scales``.
+    """
+    if view_scale.shape != images.shape[:1] or not bool((view_scale > 0).all()):
+        raise ValueError(
+            f"view_scale must hold one positive factor per image ({images.shape[0]}), got {view_scale.tolist()}"
+        )
+    rows = [
+        scale_probabilities(model, image[None], [scale / factor for scale in scales], flip)
+        for image, factor in zip(images, view_scale.tolist())
+    ]
+    return [torch.cat(per_image) for per_image in zip(*rows)]
+
+
 def multiscale_probabilities(
     model: Network, images: torch.Tensor, scales: Sequence[float], flip: bool = False
 ) -> torch.Tensor:

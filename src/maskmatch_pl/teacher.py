@@ -15,11 +15,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .multiscale import Fusion, fuse_probabilities, scale_probabilities
+from .multiscale import Fusion, fuse_probabilities, image_scale_probabilities, scale_probabilities
 from .network import frozen_norm_statistics
 from .targets import PseudoLabels
 
 TeacherKind = Literal["shared", "ema"]
+ScaleReference = Literal["view", "image"]
 
 
 def ema_momentum(step: int, momentum: float) -> float:
@@ -57,6 +58,10 @@ class Teacher(nn.Module):
         scales, flip: input scales (and horizontal flips, averaged within each scale) whose softmax is fused.
         fusion: how the scales' probabilities combine: ``mean`` (the paper) or ``geometric``
             (:func:`~maskmatch_pl.multiscale.fuse_probabilities`).
+        reference: what the scales are relative to: ``view`` (the weak view as it comes, the
+            reference implementation) or ``image`` (the image's stored size: a view the data
+            pipeline rescaled by ``s`` is predicted at ``scale / s``, which needs the views'
+            ``view_scale``; :func:`~maskmatch_pl.multiscale.image_scale_probabilities`).
 
     Only the EMA copy is a submodule (``teacher.ema.*`` in checkpoints): a shared teacher
     holds a reference to the student, not a second registration of its weights.
@@ -70,6 +75,7 @@ class Teacher(nn.Module):
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
         fusion: Fusion = "mean",
+        reference: ScaleReference = "view",
     ) -> None:
         super().__init__()
         if kind not in ("shared", "ema"):
@@ -80,7 +86,10 @@ class Teacher(nn.Module):
             raise ValueError(f"ema_momentum must be in [0, 1], got {momentum}")
         if fusion not in ("mean", "geometric"):
             raise ValueError(f"pseudo_label_fusion must be 'mean' or 'geometric', got {fusion!r}")
+        if reference not in ("view", "image"):
+            raise ValueError(f"pseudo_label_scale_reference must be 'view' or 'image', got {reference!r}")
         self.kind, self.momentum, self.scales, self.flip, self.fusion = kind, momentum, tuple(scales), flip, fusion
+        self.reference = reference
         self._student = (student,)  # a tuple: not registered as a submodule
         self.ema = copy.deepcopy(student).requires_grad_(False).eval() if kind == "ema" else None
         self.last_step = -1  # the optimiser step the EMA weights last followed
@@ -91,27 +100,39 @@ class Teacher(nn.Module):
         return self.ema if self.ema is not None else self._student[0]
 
     @torch.no_grad()
-    def scale_probabilities(self, images: torch.Tensor, scales: Sequence[float] | None = None) -> list[torch.Tensor]:
-        """Float32 probabilities in eval mode, one ``B x C x H x W`` tensor per scale (flips averaged in)."""
+    def scale_probabilities(
+        self, images: torch.Tensor, scales: Sequence[float] | None = None, view_scale: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Float32 probabilities in eval mode, one ``B x C x H x W`` tensor per scale (flips averaged in).
+        With ``reference='image'`` the scales are divided by each view's ``view_scale`` (required)."""
         network = self.network
         was_training = network.training
         network.eval()
         try:
+            if self.reference == "image":
+                if view_scale is None:
+                    raise ValueError(
+                        "pseudo_label_scale_reference='image' needs each weak view's rescale factor: 'view_scale' "
+                        "in the unlabeled batch (maskmatch_pl's data module provides it)"
+                    )
+                return image_scale_probabilities(network, images, scales or self.scales, view_scale, self.flip)
             return scale_probabilities(network, images, scales or self.scales, self.flip)
         finally:
             network.train(was_training and self.ema is None)
 
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, images: torch.Tensor, view_scale: torch.Tensor | None = None) -> torch.Tensor:
         """The fused prediction: :meth:`scale_probabilities` combined by the teacher's ``fusion`` rule."""
-        return self.fuse(self.scale_probabilities(images))
+        return self.fuse(self.scale_probabilities(images, view_scale=view_scale))
 
     def fuse(self, per_scale: Sequence[torch.Tensor]) -> torch.Tensor:
         """Per-scale probabilities combined by the teacher's ``fusion`` rule (:func:`fuse_probabilities`)."""
         return fuse_probabilities(per_scale, self.fusion)
 
-    def pseudo_labels(self, images: torch.Tensor, ignore_mask: torch.Tensor | None = None) -> PseudoLabels:
+    def pseudo_labels(
+        self, images: torch.Tensor, ignore_mask: torch.Tensor | None = None, view_scale: torch.Tensor | None = None
+    ) -> PseudoLabels:
         """Pseudo-labels and confidences of weak views, fused over the teacher's scales."""
-        return PseudoLabels.from_probabilities(self.probabilities(images), ignore_mask)
+        return PseudoLabels.from_probabilities(self.probabilities(images, view_scale), ignore_mask)
 
     @torch.no_grad()
     def joint_scale_probabilities(self, weak: torch.Tensor, weak_logits: torch.Tensor) -> list[torch.Tensor]:
@@ -121,6 +142,8 @@ class Teacher(nn.Module):
         passes without gradient that leave the BatchNorm running statistics alone."""
         if self.ema is not None:
             raise ValueError("the joint teacher pass needs teacher='shared': an EMA teacher has weights of its own")
+        if self.reference != "view":
+            raise ValueError("the joint teacher pass predicts the weak view as it comes: it needs reference='view'")
         network = self._student[0]
         others = [scale for scale in self.scales if scale != 1.0]
         with frozen_norm_statistics(network):

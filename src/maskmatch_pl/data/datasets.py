@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from ..batch import strong_keys
 from ..targets import IGNORE_INDEX
 from .sources import Sample
-from .transforms import strong_transform, to_tensor, weak_transform
+from .transforms import strong_transform, to_tensor, view_scale, weak_transform
 
 
 class DataFileError(ValueError):
@@ -183,7 +183,8 @@ class LabeledDataset(_SeededAugmentation):
 
 class UnlabeledDataset(_SeededAugmentation):
     """Weak and strong views of unlabeled images (no mask is read):
-    ``{"image", "strong"[, "strong2"], "ignore_mask"}``, ignore_mask 255 on crop padding.
+    ``{"image", "strong"[, "strong2"], "ignore_mask", "view_scale"}``, ignore_mask 255 on crop
+    padding, view_scale the factor by which the weak view rescaled the stored image.
 
     With ``monitor_masks`` the true mask is read too and cropped with the weak view into
     ``monitor_mask``, for measuring pseudo-label quality only; the views are the same either way.
@@ -219,6 +220,7 @@ class UnlabeledDataset(_SeededAugmentation):
         item = {
             "image": to_tensor(out["image"]),
             "ignore_mask": torch.from_numpy(padding.astype(np.int64)),
+            "view_scale": torch.tensor(view_scale(out, image.shape), dtype=torch.float32),
             "index": torch.tensor(index),
         }
         if self.monitor_masks:

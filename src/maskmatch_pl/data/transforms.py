@@ -17,7 +17,8 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 def weak_transform(crop_size: int, scale_range: tuple[float, float] = (0.5, 2.0)) -> A.Compose:
     """Random rescale by ``U(scale_range)``, pad (image 0, mask 255) and random crop to
-    ``crop_size``, horizontal flip p=0.5."""
+    ``crop_size``, horizontal flip p=0.5. Its outputs carry ``applied_transforms``, from which
+    :func:`view_scale` reads the rescale factor."""
     low, high = scale_range
     return A.Compose(
         [
@@ -27,8 +28,18 @@ def weak_transform(crop_size: int, scale_range: tuple[float, float] = (0.5, 2.0)
             ),
             A.RandomCrop(crop_size, crop_size),
             A.HorizontalFlip(p=0.5),
-        ]
+        ],
+        save_applied_params=True,
     )
+
+
+def view_scale(out: dict, image_shape: tuple[int, ...]) -> float:
+    """The factor by which :func:`weak_transform` resized the image into the view ``out`` (its
+    output): the rescaled height over ``image_shape``'s height, before padding and cropping."""
+    for name, params in out["applied_transforms"]:
+        if name == "PadIfNeeded":  # the shape it received is the rescaled image's
+            return params["shape"][0] / image_shape[0]
+    raise KeyError("the weak transform's output has no PadIfNeeded step to read the rescaled size from")
 
 
 def strong_transform() -> A.Compose:
