@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from .conftest import tiny_model_args
 
@@ -42,3 +43,27 @@ def test_ablation_script_runs_one_tiny_row(tmp_path, demo_cache):
     assert saved["steps"] == 2 and 0 <= saved["miou"] <= 1 and saved["curve"][-1][0] == 1
     assert 0 <= saved["pseudo"]["pseudo/mIoU"] <= 1  # pseudo-labels scored against the unlabeled masks
     assert (tmp_path / "miou_by_method.png").is_file() and (tmp_path / "miou_over_steps.png").is_file()
+
+
+def test_second_datasets_letters_are_drawn_from_every_font_and_stay_apart():
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import numpy as np
+    from second_dataset import LETTERS, render_glyph, text_fonts
+
+    fonts = text_fonts()
+    assert len(fonts) >= 10  # matplotlib's DejaVu, STIX and Computer Modern text fonts
+    rng = np.random.default_rng(0)
+    glyphs = {letter: [render_glyph(letter, font, rng) for font in fonts] for letter in LETTERS}
+    for letter, drawn in glyphs.items():
+        for font, glyph in zip(fonts, drawn):
+            assert glyph.shape == (28, 28) and glyph.dtype == np.uint8
+            assert glyph.max() > 200 and (glyph > 0).sum() > 40, (letter, font.name)  # a letter, not a blank
+            assert (glyph[:3] == 0).all() and (glyph[-3:] == 0).all(), (letter, font.name)  # inside the 20-px box
+    # ten classes, not one shape in ten names: the nearest letter mean names most glyphs right (chance: 10 %)
+    mean = {letter: np.mean([g.astype(float) for g in drawn], 0) for letter, drawn in glyphs.items()}
+    nearest = [
+        min(LETTERS, key=lambda other: np.abs(glyph - mean[other]).mean()) == letter
+        for letter, drawn in glyphs.items()
+        for glyph in drawn
+    ]
+    assert np.mean(nearest) > 0.6  # 82 % with matplotlib 3.11's 21 text fonts
