@@ -150,8 +150,11 @@ def main() -> None:
     base = rows.get("supervised")
     ceiling = rows.get(CEILING)
     print(f"glyph canvases, {LABELED} labeled / {TRAIN_CANVASES - LABELED} unlabeled, {args.steps} steps")
-    print("| method | val mIoU % per seed | mean ± std | gain over supervised | gap closed | time / run (s) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| method | val mIoU % per seed | mean ± std | gain over supervised | gap closed "
+        "| pseudo-label mIoU % | time / run (s) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     mean = {name: statistics.mean(r["miou"] * 100 for r in results) for name, results in rows.items()}
     for method, results in rows.items():
         values = [r["miou"] * 100 for r in results]
@@ -162,9 +165,11 @@ def main() -> None:
             gap = mean[CEILING] - mean["supervised"]
             closed = f"{100 * (mean[method] - mean['supervised']) / gap:.0f}%" if gap > 0 else "—"
         seconds = statistics.median(r["seconds"] for r in results)
+        scored = [r["pseudo"]["pseudo/mIoU"] * 100 for r in results if "pseudo/mIoU" in r.get("pseudo", {})]
+        pseudo = f"{statistics.mean(scored):.1f}" if scored else "—"
         print(
             f"| {method} | {' / '.join(f'{v:.1f}' for v in values)} | {statistics.mean(values):.1f} ± {spread:.1f} "
-            f"| {gain} | {closed} | {seconds:.0f} |"
+            f"| {gain} | {closed} | {pseudo} | {seconds:.0f} |"
         )
 
 
