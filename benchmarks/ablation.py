@@ -42,6 +42,15 @@ METHODS: dict[str, tuple[str, list[str]]] = {
         ],
     ),
     "fixmatch+multiscale": ("configs/demo_fixmatch.yaml", ["--model.pseudo_label_scales=[0.75, 1.0, 1.25]"]),
+    # the closest fusion came to FixMatch on the demo (benchmarks/RESULTS.md, "Teacher scales relative to the image")
+    "fixmatch+multiscale-image": (
+        "configs/demo_fixmatch.yaml",
+        [
+            "--model.pseudo_label_scales=[1.0, 1.25]",
+            "--model.pseudo_label_fusion=geometric",
+            "--model.pseudo_label_scale_reference=image",
+        ],
+    ),
     "maskmatch": ("configs/demo.yaml", []),  # the demo default: the masked view, pseudo-labels at one scale
     # the paper's full method: the masked view and pseudo-labels fused over three scales
     "maskmatch+multiscale": ("configs/demo.yaml", ["--model.pseudo_label_scales=[0.75, 1.0, 1.25]"]),

@@ -13,6 +13,9 @@ dataset of the same kind and trains each method on it through the real CLI, as a
   thickened strokes, coloured, no overlaps, ignore on the rims), 1,600 train canvases and 250 val.
 - **Labels**: split ``64``: 64 labeled, 1,536 unlabeled; ``full``: all 1,600 labeled.
 
+The canvases are cached per matplotlib and Pillow version (fonts and rasteriser decide the glyphs);
+the cache's ``COMPLETE`` file lists the fonts.
+
     python benchmarks/second_dataset.py                       # the six rows, seeds 0 1
     python benchmarks/second_dataset.py --seeds 0 1 2 --methods fixmatch maskmatch
     python benchmarks/second_dataset.py --table-only          # the table from saved runs
@@ -99,9 +102,14 @@ def render_glyphs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def build_glyph_canvases(seed: int = 0) -> Path:
     """The glyph canvases, built once into the demo cache (``$MASKMATCH_PL_CACHE``)."""
+    import matplotlib
+    import PIL
+
     from maskmatch_pl.data.demo import build_once, default_cache_dir, write_canvas_dataset
 
-    root = default_cache_dir() / f"glyph-canvases-{VERSION}-seed{seed}"
+    # the glyphs depend on the fonts and the rasteriser: a cache per matplotlib and Pillow version
+    versions = f"matplotlib{matplotlib.__version__}-pillow{PIL.__version__}"
+    root = default_cache_dir() / f"glyph-canvases-{VERSION}-{versions}-seed{seed}"
 
     def fill(staging: Path) -> None:
         counts = {SPLIT: LABELED, "full": TRAIN_CANVASES}
@@ -114,7 +122,8 @@ def build_glyph_canvases(seed: int = 0) -> Path:
             labeled_counts=counts,
         )
 
-    return build_once(root, fill, f"maskmatch-pl glyph canvases {VERSION}, seed {seed}")
+    fonts = ", ".join(font.name for font in text_fonts())
+    return build_once(root, fill, f"maskmatch-pl glyph canvases {VERSION}, seed {seed}, {versions}, fonts: {fonts}")
 
 
 def main() -> None:
@@ -126,18 +135,20 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=250)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "second-dataset")
-    parser.add_argument("--force", action="store_true", help="retrain cells that already have a result.json")
-    parser.add_argument("--table-only", action="store_true", help="print the table from saved runs, train nothing")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--force", action="store_true", help="retrain cells that already have a result.json")
+    what.add_argument("--table-only", action="store_true", help="print the table from saved runs, train nothing")
     args = parser.parse_args()
     args.out = args.out.resolve()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    root = build_glyph_canvases()
-    args.extra = [
-        "--data.dataset=custom",
-        f"--data.root={root}",
-        f"--data.num_classes={len(CLASS_NAMES)}",
-        f"--data.class_names=[{', '.join(CLASS_NAMES)}]",
-    ]
+    args.extra = []
+    if not args.table_only:  # printing saved runs needs no canvases
+        args.extra = [
+            "--data.dataset=custom",
+            f"--data.root={build_glyph_canvases()}",
+            f"--data.num_classes={len(CLASS_NAMES)}",
+            f"--data.class_names=[{', '.join(CLASS_NAMES)}]",
+        ]
     rows = {}
     for method in args.methods:
         results = []

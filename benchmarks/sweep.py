@@ -131,7 +131,6 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
         [T7, IMAGE, "--model.pseudo_label_scales=[1.0, 1.25]", "--model.pseudo_label_fusion=geometric"],
         1000,
     ),
-    "fixmatch+multiscale, tau 0.7, image-relative scales": ("fixmatch+multiscale", [T7, IMAGE], 1000),
 }
 
 

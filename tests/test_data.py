@@ -163,3 +163,18 @@ def test_labeled_and_unlabeled_views_of_one_batch_slot_are_drawn_independently(d
     unlabeled = UnlabeledDataset(samples, dm.reader, 48, (0.5, 2.0), seed=3)
     same = [torch.equal(labeled[k]["image"], unlabeled[k]["image"]) for k in range(8)]
     assert not any(same)
+
+
+def test_view_scale_of_non_square_images_larger_and_smaller_than_the_crop():
+    from maskmatch_pl.data.transforms import view_scale, weak_transform
+
+    transform = weak_transform(32, (0.5, 2.0))
+    image = np.zeros((40, 80, 3), dtype=np.uint8)
+    factors = []
+    for seed in range(30):
+        transform.set_random_seed(seed)
+        out = transform(image=image, mask=np.zeros((40, 80), dtype=np.uint8))
+        drawn = dict(out["applied_transforms"])["RandomScale"]["scale"]
+        factors.append(view_scale(out, image.shape))
+        assert factors[-1] == pytest.approx(drawn, abs=1 / 40)  # the rescaled height, rounded to whole pixels
+    assert min(factors) < 0.8 and max(factors) > 1.0  # the crop (32) cuts the image above and below its size

@@ -386,3 +386,17 @@ def test_joint_teacher_pass_takes_pseudo_labels_from_the_labeled_batch_forward(t
 def test_bad_knobs_are_refused_when_the_module_is_built(tiny_module_kwargs, knob, value, message):
     with pytest.raises(ValueError, match=message):
         MaskMatchModule(**{**tiny_module_kwargs, knob: value})
+
+
+def test_image_relative_scales_with_an_ema_teacher_and_the_monitor_off_scale_one(tiny_module_kwargs):
+    kwargs = {**tiny_module_kwargs, "masked_weight": 0.0, "pseudo_label_scales": [1.25], "teacher": "ema"}
+    module = MaskMatchModule(**kwargs, pseudo_label_scale_reference="image")
+    batch = make_batch()
+    batch["unlabeled"]["view_scale"] = torch.tensor([0.8, 1.0, 1.2, 1.25])
+    batch["unlabeled"]["monitor_mask"] = torch.randint(0, 11, (4, 32, 32))
+    loss, _ = run_step(module, batch)
+    assert torch.isfinite(loss)
+    scores = module.pseudo_monitor.compute(module.class_names)
+    # scale 1 is not among the teacher's scales: the monitor predicts it (of the image) on its own
+    assert 0 <= scores["pseudo/mIoU"] <= 1 and 0 <= scores["pseudo_single_scale/mIoU"] <= 1
+    assert scores["pseudo/mIoU"] != pytest.approx(scores["pseudo_single_scale/mIoU"], abs=1e-6)

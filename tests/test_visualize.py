@@ -136,10 +136,12 @@ def test_small_tiles_are_enlarged_to_128_pixels_and_large_ones_kept(tmp_path, si
     assert picture.shape[1] == 5 * (tile + GUTTER) + GUTTER
 
 
-def test_val_panels_with_the_real_module(tmp_path, tiny_module_kwargs):
+@pytest.mark.parametrize("reference", ["view", "image"])
+def test_val_panels_with_the_real_module(tmp_path, tiny_module_kwargs, reference):
     from maskmatch_pl import MaskMatchModule
 
-    module = MaskMatchModule(**tiny_module_kwargs, class_names=[f"c{i}" for i in range(11)]).eval()
+    names = [f"c{i}" for i in range(11)]
+    module = MaskMatchModule(**tiny_module_kwargs, class_names=names, pseudo_label_scale_reference=reference).eval()
     images, truth, _ = columns(batch=2, size=64)
     trainer = SimpleNamespace(
         sanity_checking=False,

@@ -205,7 +205,8 @@ class ValPanels(L.Callback):
         with torch.no_grad():
             prediction = protocol.probabilities(pl_module.network, images).argmax(1)
             images, masks = protocol.region(images), protocol.region(masks)
-            targets = pl_module.teacher.pseudo_labels(images)
+            stored_size = torch.ones(len(images), device=images.device)  # val images are not rescaled
+            targets = pl_module.teacher.pseudo_labels(images, view_scale=stored_size)
         pseudo_label = targets.pseudo_label.masked_fill(targets.confidence < pl_module.conf_threshold, IGNORE_INDEX)
         masked = pl_module.masking(images, torch.Generator().manual_seed(step))
         return [images, masks, prediction, pseudo_label, masked]
