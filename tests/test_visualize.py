@@ -81,7 +81,7 @@ class Teacher:
     def __init__(self, label, confidence):
         self.targets = SimpleNamespace(pseudo_label=label, confidence=confidence)
 
-    def pseudo_labels(self, images):
+    def pseudo_labels(self, images, ignore_mask=None, view_scale=None):
         return self.targets
 
 
