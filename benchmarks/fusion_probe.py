@@ -11,6 +11,7 @@ scale 1, and whether fusing them costs targets (fewer confident pixels at the sa
     python benchmarks/fusion_probe.py runs/demo/lightning_logs/version_0/checkpoints/last.ckpt
     python benchmarks/fusion_probe.py CKPT --scales 0.75 1.0 1.25 --sets "0.75 1.0 1.25" "1.0 1.25" --tau 0.7
     python benchmarks/fusion_probe.py CKPT --input-scale 0.75   # the images first resized, as a weak view at 0.75
+    python benchmarks/fusion_probe.py CKPT --input-scale 0.75 --reference image   # scales relative to the image
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
         PseudoLabelMonitor,
         SemiSupervisedDataModule,
         fuse_probabilities,
+        image_scale_probabilities,
         scale_probabilities,
     )
 
@@ -47,6 +49,13 @@ def main() -> None:
         default=1.0,
         help="resize each val image (and its mask) by this factor first, as the weak views' random rescale does",
     )
+    parser.add_argument(
+        "--reference",
+        choices=["view", "image"],
+        default=None,
+        help="scales relative to the (resized) image as it comes, or to its stored size, i.e. divided by "
+        "--input-scale (default: the checkpoint's pseudo_label_scale_reference)",
+    )
     parser.add_argument("--keep-background", action="store_true", help="count class 0 in the confident share")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -63,6 +72,7 @@ def main() -> None:
     datamodule = SemiSupervisedDataModule(**data)
     datamodule.setup("fit")
     tau = module.hparams.conf_threshold if args.tau is None else args.tau
+    reference = args.reference or module.hparams.get("pseudo_label_scale_reference", "view")
     sets = [[float(s) for s in text.split()] for text in args.sets]
     scales = sorted({*args.scales, *(s for group in sets for s in group)})
     rows = [f"scale {s:g}" for s in args.scales] + [
@@ -75,7 +85,12 @@ def main() -> None:
             if args.input_scale != 1.0:
                 images = F.interpolate(images, scale_factor=args.input_scale, mode="bilinear", align_corners=False)
                 masks = F.interpolate(masks[:, None].float(), size=images.shape[-2:], mode="nearest")[:, 0].long()
-            predicted = scale_probabilities(module.teacher.network, images, scales, module.hparams.pseudo_label_flip)
+            network, flip = module.teacher.network, module.hparams.pseudo_label_flip
+            if reference == "image":
+                factors = torch.full((len(images),), args.input_scale)
+                predicted = image_scale_probabilities(network, images, scales, factors, flip)
+            else:
+                predicted = scale_probabilities(network, images, scales, flip)
             per_scale = dict(zip(scales, predicted))
             for scale in args.scales:
                 monitor.update(f"scale {scale:g}", per_scale[scale], masks, tau)
@@ -87,7 +102,7 @@ def main() -> None:
     names = [str(i) for i in range(module.hparams.num_classes)]
     metrics = monitor.compute(names)
     first = 0 if args.keep_background else 1
-    print(f"{args.checkpoint}: val images at input scale {args.input_scale:g}, tau {tau}\n")
+    print(f"{args.checkpoint}: val images at input scale {args.input_scale:g}, scales of the {reference}, tau {tau}\n")
     print(
         "| teacher prediction | mIoU % | class pixels confident (mean over classes) | mIoU % of the confident pixels |"
     )

@@ -99,6 +99,17 @@ def test_fusion_probe_scores_scales_and_fusion_rules_of_the_checkpoint(fitted):
     assert cells["mean of 1"] == cells["scale 1"] == cells["geometric of 1"]  # one scale: nothing to fuse
     assert all(0 <= float(cell[0]) <= 100 for cell in cells.values())
 
+    # scales of the image: an image shrunk to 0.5 is predicted at 1 / 0.5, what scale 2 of the view gives
+    probe = [sys.executable, "benchmarks/fusion_probe.py", str(ckpt), "--threads", "1", "--input-scale", "0.5"]
+    tables = {}
+    for reference, scale in (("image", "1.0"), ("view", "2.0")):
+        args = ["--reference", reference, "--scales", scale, "--sets", scale]
+        result = subprocess.run(probe + args, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"scales of the {reference}" in result.stdout
+        tables[reference] = next(line for line in result.stdout.splitlines() if line.startswith("| scale "))
+    assert tables["image"].split(" | ")[1:] == tables["view"].split(" | ")[1:]
+
 
 @pytest.mark.parametrize("command", ["validate", "test"])
 def test_validate_and_test_from_the_checkpoint(fitted, demo_cache, tmp_path, command):
