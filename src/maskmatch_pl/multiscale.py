@@ -69,13 +69,12 @@ def image_scale_probabilities(
     Returns:
         one ``B x C x H x W`` tensor per scale, in the order of ``scales``.
     """
-    if view_scale.shape != images.shape[:1] or not bool((view_scale > 0).all()):
-        raise ValueError(
-            f"view_scale must hold one positive factor per image ({images.shape[0]}), got {view_scale.tolist()}"
-        )
+    factors = view_scale.tolist()  # one read of the factors (a device sync): the sizes are Python numbers
+    if view_scale.shape != images.shape[:1] or min(factors, default=0) <= 0:
+        raise ValueError(f"view_scale must hold one positive factor per image ({images.shape[0]}), got {factors}")
     rows = [
         scale_probabilities(model, image[None], [scale / factor for scale in scales], flip)
-        for image, factor in zip(images, view_scale.tolist())
+        for image, factor in zip(images, factors)
     ]
     return [torch.cat(per_image) for per_image in zip(*rows)]
 
