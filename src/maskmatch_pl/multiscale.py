@@ -12,6 +12,12 @@ Network = Callable[[torch.Tensor], torch.Tensor]
 Fusion = Literal["mean", "geometric"]
 
 
+def check_fusion(rule: str) -> None:
+    """Refuse a fusion rule other than ``mean`` or ``geometric``, naming the option."""
+    if rule not in ("mean", "geometric"):
+        raise ValueError(f"pseudo_label_fusion must be 'mean' or 'geometric', got {rule!r}")
+
+
 def scale_probabilities(
     model: Network, images: torch.Tensor, scales: Sequence[float], flip: bool = False
 ) -> list[torch.Tensor]:
@@ -102,12 +108,11 @@ def fuse_probabilities(per_scale: Sequence[torch.Tensor], rule: Fusion = "mean")
     """
     if len(per_scale) == 0:
         raise ValueError("fuse_probabilities needs at least one probability map")
+    check_fusion(rule)
     maps = torch.stack([p.float() for p in per_scale])
     if rule == "mean":
         return maps.mean(0)
-    if rule == "geometric":
-        return maps.clamp_min(1e-12).log().mean(0).softmax(dim=1)
-    raise ValueError(f"pseudo_label_fusion must be 'mean' or 'geometric', got {rule!r}")
+    return maps.clamp_min(1e-12).log().mean(0).softmax(dim=1)  # geometric
 
 
 def pseudo_labels(probabilities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

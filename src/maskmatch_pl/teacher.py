@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .multiscale import Fusion, fuse_probabilities, image_scale_probabilities, scale_probabilities
+from .multiscale import Fusion, check_fusion, fuse_probabilities, image_scale_probabilities, scale_probabilities
 from .network import frozen_norm_statistics
 from .targets import PseudoLabels
 
@@ -84,8 +84,7 @@ class Teacher(nn.Module):
             raise ValueError(f"pseudo-label scales must be positive numbers, got {list(scales)}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"ema_momentum must be in [0, 1], got {momentum}")
-        if fusion not in ("mean", "geometric"):
-            raise ValueError(f"pseudo_label_fusion must be 'mean' or 'geometric', got {fusion!r}")
+        check_fusion(fusion)
         if reference not in ("view", "image"):
             raise ValueError(f"pseudo_label_scale_reference must be 'view' or 'image', got {reference!r}")
         self.kind, self.momentum, self.scales, self.flip, self.fusion = kind, momentum, tuple(scales), flip, fusion
