@@ -49,9 +49,7 @@ def forward_time(module: MaskMatchModule, images: torch.Tensor, device: str, pre
 
 
 def main() -> None:
-    parser = speed_parser(__doc__, rounds=2, models=[next(iter(MODELS))])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    args = parser.parse_args()
+    args = speed_parser(__doc__, rounds=2, models=[next(iter(MODELS))], methods=list(METHODS)).parse_args()
     start(args)
     for name in args.models:
         kwargs, size, batch_size = MODELS[name]

@@ -63,9 +63,7 @@ def teacher_time(module: MaskMatchModule, images: torch.Tensor, scales, device: 
 
 
 def main() -> None:
-    parser = speed_parser(__doc__, rounds=2, models=list(MODELS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    args = parser.parse_args()
+    args = speed_parser(__doc__, rounds=2, models=list(MODELS), methods=list(METHODS)).parse_args()
     start(args)
     for name in args.models:
         kwargs, size, batch_size = MODELS[name]

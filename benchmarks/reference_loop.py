@@ -138,15 +138,20 @@ def quiet() -> None:
     warnings.filterwarnings("ignore")
 
 
-def speed_parser(description: str, rounds: int, models: list[str]) -> argparse.ArgumentParser:
+def speed_parser(
+    description: str, rounds: int, models: list[str], methods: list[str] | None = None
+) -> argparse.ArgumentParser:
     """The options every timing script shares: where it runs, in which precision, how many timed steps
-    and rounds, and which of ``step_profile.MODELS`` (by default ``models``)."""
+    and rounds, and which of ``step_profile.MODELS`` (by default ``models``); with ``methods``, also
+    ``--methods``, a choice among them (all by default)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per round (after 2 warm-up steps)")
     parser.add_argument("--rounds", type=int, default=rounds, help="rounds, alternating between the rows compared")
     parser.add_argument("--models", nargs="+", default=models, choices=list(MODELS))
+    if methods is not None:
+        parser.add_argument("--methods", nargs="+", default=list(methods), choices=list(methods))
     return parser
 
 
