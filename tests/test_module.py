@@ -87,6 +87,27 @@ def test_masked_term_alone_can_ramp_up(tiny_module_kwargs, monkeypatch):
         MaskMatchModule(**tiny_module_kwargs, masked_rampup_steps=-2)
 
 
+def test_norm_stats_unmasked_keeps_the_masked_view_out_of_the_running_statistics(tiny_module_kwargs):
+    # the strong view is CutMixed before the mask is drawn, so a run without the masked view sees the
+    # same labeled and strong forwards: its running statistics are what 'unmasked' must leave
+    batch = make_batch()
+    unmasked = MaskMatchModule(**tiny_module_kwargs, norm_stats="unmasked", masked_weight=0.5)
+    every_view = MaskMatchModule(**tiny_module_kwargs, norm_stats="all", masked_weight=0.5)
+    no_masked_view = MaskMatchModule(**tiny_module_kwargs, norm_stats="all", masked_weight=0.0)
+    for module in (every_view, no_masked_view):
+        module.load_state_dict(unmasked.state_dict())
+    logged = [run_step(module, batch)[1] for module in (unmasked, every_view, no_masked_view)]
+    assert "train/loss_masked" in logged[0] and "train/loss_masked" not in logged[2]
+    stats = [
+        {name: b for name, b in m.network.named_buffers() if name.endswith(("running_mean", "running_var"))}
+        for m in (unmasked, every_view, no_masked_view)
+    ]
+    assert stats[0]
+    for name in stats[0]:
+        torch.testing.assert_close(stats[0][name], stats[2][name])
+    assert any(not torch.allclose(stats[0][name], stats[1][name]) for name in stats[0])
+
+
 def test_norm_stats_labeled_keeps_running_statistics_of_the_labeled_batch_only(tiny_module_kwargs):
     import copy
 
@@ -110,8 +131,10 @@ def test_norm_stats_labeled_keeps_running_statistics_of_the_labeled_batch_only(t
     assert any(not torch.allclose(mixed[name].float(), expected[name].float()) for name in norms)
     momenta = {m.momentum for m in module.network.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert 0.0 not in momenta  # restored after the step
-    with pytest.raises(ValueError, match=r"norm_stats='labeled' \(the default\) needs student_forward 'sequential'"):
+    with pytest.raises(ValueError, match=r"norm_stats='labeled' needs student_forward 'sequential'"):
         MaskMatchModule(**tiny_module_kwargs, student_forward="concat")
+    with pytest.raises(ValueError, match="norm_stats must be 'all', 'labeled' or 'unmasked', got 'masked'"):
+        MaskMatchModule(**tiny_module_kwargs, norm_stats="masked")
     with pytest.raises(ValueError, match="student_forward must be 'sequential', 'batched' or 'concat', got 'joint'"):
         MaskMatchModule(**tiny_module_kwargs, student_forward="joint")
 

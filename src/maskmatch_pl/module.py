@@ -98,8 +98,9 @@ class MaskMatchModule(L.LightningModule):
             views in one forward with the same result (BatchNorm normalises each view with its own statistics; the
             other layers run on the whole batch, faster for small models on CPU, see benchmarks/RESULTS.md);
             'concat': all views in one forward with shared BatchNorm statistics (needs norm_stats 'all').
-        norm_stats: Which student forwards update the BatchNorm running statistics: 'labeled' (the labeled batch only)
-            or 'all' (the reference).
+        norm_stats: Which student forwards update the BatchNorm running statistics: 'labeled' (the labeled batch only),
+            'all' (the reference) or 'unmasked' (all but the masked view: the reference's statistics, which the
+            masked view's 70 % mean-colour patches would otherwise pull towards inputs no eval-mode pass sees).
         masked_norm: How BatchNorm normalises the masked view: 'batch' (as the other student views, per
             student_forward) or 'running' (the running statistics, as the eval-mode teacher normalises the full
             view; the masked view then runs in a forward of its own whatever student_forward says).
@@ -179,9 +180,11 @@ class MaskMatchModule(L.LightningModule):
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if student_forward not in ("sequential", "batched", "concat"):
             raise ValueError(f"student_forward must be 'sequential', 'batched' or 'concat', got {student_forward!r}")
-        if norm_stats == "labeled" and student_forward == "concat":
+        if norm_stats not in ("all", "labeled", "unmasked"):
+            raise ValueError(f"norm_stats must be 'all', 'labeled' or 'unmasked', got {norm_stats!r}")
+        if norm_stats != "all" and student_forward == "concat":
             raise ValueError(
-                "norm_stats='labeled' (the default) needs student_forward 'sequential' or 'batched': concat shares "
+                f"norm_stats={norm_stats!r} needs student_forward 'sequential' or 'batched': concat shares "
                 "BatchNorm statistics between the views; with concat set norm_stats='all'"
             )
         if teacher_pass == "joint" and teacher != "shared":
@@ -313,10 +316,13 @@ class MaskMatchModule(L.LightningModule):
         self, labeled: dict[str, torch.Tensor], views: dict[str, tuple[torch.Tensor, PseudoLabels]]
     ) -> dict[str, torch.Tensor]:
         """Student logits per named view; with ``norm_stats='labeled'`` only the labeled forward
-        updates the BatchNorm running statistics."""
+        updates the BatchNorm running statistics, with ``'unmasked'`` every forward but the masked view's."""
         inputs = {**labeled, **{name: view for name, (view, _) in views.items()}}
         masked = inputs.pop("masked") if self.masked_norm == "running" and "masked" in inputs else None
-        update = [self.norm_stats == "all" or name == "sup" for name in inputs]
+        update = [
+            self.norm_stats == "all" or name == "sup" or (self.norm_stats == "unmasked" and name != "masked")
+            for name in inputs
+        ]
         concat, per_view = self.student_forward != "sequential", self.student_forward == "batched"
         logits = dict(zip(inputs, forward_views(self.network, list(inputs.values()), concat, update, per_view)))
         if masked is not None:  # normalised as the eval-mode teacher normalises its full view

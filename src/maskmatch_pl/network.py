@@ -115,7 +115,7 @@ def per_view_norm_statistics(net: nn.Module, sizes: Sequence[int], update_stats:
                 norm.forward = forward
 
 
-NormStats = Literal["all", "labeled"]
+NormStats = Literal["all", "labeled", "unmasked"]
 
 
 def forward_views(
