@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 METHODS: dict[str, tuple[str, list[str]]] = {
     "supervised": ("configs/demo_supervised.yaml", []),
     "fixmatch": ("configs/demo_fixmatch.yaml", []),
-    # FixMatch plus the masked view as configs/demo.yaml adds it (the same run as "maskmatch"; the sweep's base)
+    # FixMatch plus the masked view as configs/demo.yaml added it until the seventh session, BatchNorm running
+    # statistics from the labeled batch only (the sweep's base; "maskmatch" now uses norm_stats unmasked)
     "fixmatch+masked": (
         "configs/demo_fixmatch.yaml",
         [

@@ -131,6 +131,34 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
         [T7, IMAGE, "--model.pseudo_label_scales=[1.0, 1.25]", "--model.pseudo_label_fusion=geometric"],
         1000,
     ),
+    # seventh session: a teacher that the masked gradient cannot pull at once (MIC's EMA teacher), both arms
+    "fixmatch, tau 0.7, EMA teacher": ("fixmatch", [T7, "--model.teacher=ema"], 1000),
+    "fixmatch+masked, tau 0.7, weight 0.25, EMA teacher": (
+        "fixmatch+masked",
+        [T7, "--model.masked_weight=0.25", "--model.teacher=ema"],
+        1000,
+    ),
+    # the grid's FixMatch/UniMatch rows update BatchNorm from every view (the reference), their masked rows from the
+    # labeled batch only: the masked view's cost, or the policy's? each policy change alone, then the masked view
+    # with the reference's statistics (every view but the masked one: norm_stats unmasked)
+    "fixmatch, tau 0.7, BN statistics from labeled": ("fixmatch", [T7, "--model.norm_stats=labeled"], 1000),
+    "fixmatch+masked, tau 0.7, weight 0.25, BN statistics from all but the masked view": (
+        "fixmatch+masked",
+        [T7, "--model.masked_weight=0.25", "--model.norm_stats=unmasked"],
+        1000,
+    ),
+    "unimatch, BN statistics from labeled": ("unimatch", ["--model.norm_stats=labeled"], 1000),
+    "unimatch+maskmatch, BN statistics from all but the masked view": (
+        "unimatch+maskmatch",
+        ["--model.norm_stats=unmasked"],
+        1000,
+    ),
+    # is the masked view a worse perturbation than the strong view it is cut from? it alone, at FixMatch's weight
+    "fixmatch+masked, tau 0.7, masked view alone (strong weight 0, masked 0.5)": (
+        "fixmatch+masked",
+        [T7, "--model.strong_weight=0", W5],
+        1000,
+    ),
 }
 
 

@@ -87,16 +87,28 @@ def test_masked_term_alone_can_ramp_up(tiny_module_kwargs, monkeypatch):
         MaskMatchModule(**tiny_module_kwargs, masked_rampup_steps=-2)
 
 
-def test_norm_stats_unmasked_keeps_the_masked_view_out_of_the_running_statistics(tiny_module_kwargs):
-    # the strong view is CutMixed before the mask is drawn, so a run without the masked view sees the
-    # same labeled and strong forwards: its running statistics are what 'unmasked' must leave
-    batch = make_batch()
-    unmasked = MaskMatchModule(**tiny_module_kwargs, norm_stats="unmasked", masked_weight=0.5)
-    every_view = MaskMatchModule(**tiny_module_kwargs, norm_stats="all", masked_weight=0.5)
-    no_masked_view = MaskMatchModule(**tiny_module_kwargs, norm_stats="all", masked_weight=0.0)
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},  # FixMatch + the masked view
+        {"student_forward": "batched"},
+        {"strong_views": 2, "strong_weight": 0.25, "fp_weight": 0.25},  # UniMatch + the masked view
+    ],
+)
+def test_norm_stats_unmasked_keeps_the_masked_view_out_of_the_running_statistics(tiny_module_kwargs, extra):
+    # the strong views are CutMixed before the mask is drawn, so a run without the masked view sees the
+    # same labeled, strong (and perturbed-feature) forwards: its running statistics are what 'unmasked' must leave
+    batch = make_batch(strong_views=extra.get("strong_views", 1))
+    kwargs = dict(tiny_module_kwargs, **extra)
+    unmasked = MaskMatchModule(**kwargs, norm_stats="unmasked", masked_weight=0.5)
+    every_view = MaskMatchModule(**kwargs, norm_stats="all", masked_weight=0.5)
+    no_masked_view = MaskMatchModule(**kwargs, norm_stats="all", masked_weight=0.0)
     for module in (every_view, no_masked_view):
         module.load_state_dict(unmasked.state_dict())
-    logged = [run_step(module, batch)[1] for module in (unmasked, every_view, no_masked_view)]
+    logged = []
+    for module in (unmasked, every_view, no_masked_view):
+        torch.manual_seed(0)  # the same Dropout2d draw for UniMatch's perturbed-feature stream
+        logged.append(run_step(module, batch)[1])
     assert "train/loss_masked" in logged[0] and "train/loss_masked" not in logged[2]
     stats = [
         {name: b for name, b in m.network.named_buffers() if name.endswith(("running_mean", "running_var"))}
@@ -223,7 +235,7 @@ def test_image_relative_pseudo_label_scales_read_the_batchs_view_scale(tiny_modu
         MaskMatchModule(**kwargs, pseudo_label_scale_reference="image", teacher_pass="joint")
 
 
-@pytest.mark.parametrize("norm_stats", ["labeled", "all"])
+@pytest.mark.parametrize("norm_stats", ["labeled", "all", "unmasked"])
 def test_batched_student_forward_gives_the_sequential_step(tiny_module_kwargs, norm_stats):
     """One forward for all views with per-view BatchNorm statistics: the same loss, gradients
     and running statistics as one forward per view."""
