@@ -30,6 +30,7 @@ from .network import (
     forward_views,
     maybe_frozen,
     running_norm_statistics,
+    updates_running_stats,
 )
 from .optim import build_optimizer, poly_schedule
 from .targets import IGNORE_INDEX, PseudoLabels
@@ -180,8 +181,7 @@ class MaskMatchModule(L.LightningModule):
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if student_forward not in ("sequential", "batched", "concat"):
             raise ValueError(f"student_forward must be 'sequential', 'batched' or 'concat', got {student_forward!r}")
-        if norm_stats not in ("all", "labeled", "unmasked"):
-            raise ValueError(f"norm_stats must be 'all', 'labeled' or 'unmasked', got {norm_stats!r}")
+        updates_running_stats(norm_stats, "sup")  # refuses an unknown policy
         if norm_stats != "all" and student_forward == "concat":
             raise ValueError(
                 f"norm_stats={norm_stats!r} needs student_forward 'sequential' or 'batched': concat shares "
@@ -319,10 +319,7 @@ class MaskMatchModule(L.LightningModule):
         updates the BatchNorm running statistics, with ``'unmasked'`` every forward but the masked view's."""
         inputs = {**labeled, **{name: view for name, (view, _) in views.items()}}
         masked = inputs.pop("masked") if self.masked_norm == "running" and "masked" in inputs else None
-        update = [
-            self.norm_stats == "all" or name == "sup" or (self.norm_stats == "unmasked" and name != "masked")
-            for name in inputs
-        ]
+        update = [updates_running_stats(self.norm_stats, name) for name in inputs]
         concat, per_view = self.student_forward != "sequential", self.student_forward == "batched"
         logits = dict(zip(inputs, forward_views(self.network, list(inputs.values()), concat, update, per_view)))
         if masked is not None:  # normalised as the eval-mode teacher normalises its full view
@@ -331,7 +328,7 @@ class MaskMatchModule(L.LightningModule):
         return logits
 
     def _perturbed(self, weak: torch.Tensor) -> torch.Tensor:
-        with maybe_frozen(self.network, self.norm_stats == "labeled"):
+        with maybe_frozen(self.network, not updates_running_stats(self.norm_stats, "fp")):
             return self.network.forward_perturbed(weak, self.fp_dropout)
 
     def _total(

@@ -118,6 +118,15 @@ def per_view_norm_statistics(net: nn.Module, sizes: Sequence[int], update_stats:
 NormStats = Literal["all", "labeled", "unmasked"]
 
 
+def updates_running_stats(policy: NormStats, view: str) -> bool:
+    """Whether the student forward of ``view`` (``sup``, ``strong<i>``, ``masked`` or ``fp``) moves the
+    BatchNorm running statistics under ``policy``: ``all`` every view (the reference), ``unmasked`` every
+    view but the masked one, ``labeled`` the labeled batch (``sup``) alone."""
+    if policy not in ("all", "labeled", "unmasked"):
+        raise ValueError(f"norm_stats must be 'all', 'labeled' or 'unmasked', got {policy!r}")
+    return policy == "all" or view == "sup" or (policy == "unmasked" and view != "masked")
+
+
 def forward_views(
     network: nn.Module,
     views: Sequence[torch.Tensor],
