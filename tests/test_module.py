@@ -145,6 +145,16 @@ def test_norm_stats_labeled_keeps_running_statistics_of_the_labeled_batch_only(t
     assert 0.0 not in momenta  # restored after the step
     with pytest.raises(ValueError, match=r"norm_stats='labeled' needs student_forward 'sequential'"):
         MaskMatchModule(**tiny_module_kwargs, student_forward="concat")
+    with pytest.raises(ValueError, match=r"norm_stats='unmasked' needs student_forward 'sequential'"):
+        MaskMatchModule(**tiny_module_kwargs, student_forward="concat", norm_stats="unmasked")
+    # without a masked view 'unmasked' is 'all': concat is the same step as with 'all'
+    fixmatch = {**tiny_module_kwargs, "masked_weight": 0.0, "student_forward": "concat"}
+    unmasked, every = MaskMatchModule(**fixmatch, norm_stats="unmasked"), MaskMatchModule(**fixmatch, norm_stats="all")
+    every.load_state_dict(unmasked.state_dict())
+    losses = [run_step(m, batch)[0] for m in (unmasked, every)]
+    torch.testing.assert_close(losses[0], losses[1])
+    for name, buffer in unmasked.network.named_buffers():
+        torch.testing.assert_close(buffer, every.network.get_buffer(name))
     with pytest.raises(ValueError, match="norm_stats must be 'all', 'labeled' or 'unmasked', got 'masked'"):
         MaskMatchModule(**tiny_module_kwargs, norm_stats="masked")
     with pytest.raises(ValueError, match="student_forward must be 'sequential', 'batched' or 'concat', got 'joint'"):
@@ -391,19 +401,23 @@ def test_joint_teacher_pass_takes_pseudo_labels_from_the_labeled_batch_forward(t
     )
     kwargs = {**tiny_module_kwargs, "pseudo_label_scales": [1.0], "masked_weight": 0.0, "cutmix_prob": 0.0}
     batch = make_batch()
-    module = MaskMatchModule(**kwargs, teacher_pass="joint")
+    module = MaskMatchModule(**kwargs, teacher_pass="joint", norm_stats="all")
     reference = copy.deepcopy(module.network).train()
     with torch.no_grad():
         joint = reference(torch.cat([batch["labeled"]["image"], batch["unlabeled"]["image"]]))[4:]
         alone = copy.deepcopy(module.network).eval()(batch["unlabeled"]["image"])
+        reference(batch["unlabeled"]["strong"])  # the student's strong view, after the joint pass
     run_step(module, batch)
     torch.testing.assert_close(seen[0], joint.argmax(1))
     assert not torch.equal(joint.argmax(1), alone.argmax(1))  # the eval-mode teacher would differ
-    for name, buffer in module.network.named_buffers():  # running statistics: labeled + weak
+    for name, buffer in module.network.named_buffers():  # running statistics: labeled + weak, then strong
         if name.endswith("running_mean"):
             torch.testing.assert_close(buffer, reference.get_buffer(name))
     with pytest.raises(ValueError, match="teacher_pass='joint' needs teacher='shared'"):
-        MaskMatchModule(**kwargs, teacher_pass="joint", teacher="ema")
+        MaskMatchModule(**kwargs, teacher_pass="joint", teacher="ema", norm_stats="all")
+    # the joint pass updates the running statistics from the weak view: not a labeled-only policy
+    with pytest.raises(ValueError, match="it needs norm_stats 'all' or 'unmasked', got 'labeled'"):
+        MaskMatchModule(**kwargs, teacher_pass="joint", norm_stats="labeled")
 
 
 @pytest.mark.parametrize(

@@ -98,8 +98,10 @@ class MaskMatchModule(L.LightningModule):
         student_forward: 'sequential': one forward per view, each with its own BatchNorm statistics; 'batched': all
             views in one forward with the same result (BatchNorm normalises each view with its own statistics; the
             other layers run on the whole batch, faster for small models on CPU, see benchmarks/RESULTS.md);
-            'concat': all views in one forward with shared BatchNorm statistics (needs norm_stats 'all').
-        norm_stats: Which student forwards update the BatchNorm running statistics: 'labeled' (the labeled batch only),
+            'concat': all views in one forward with shared BatchNorm statistics (needs norm_stats 'all', or
+            'unmasked' with masked_weight 0, where the two are the same).
+        norm_stats: Which student forwards update the BatchNorm running statistics: 'labeled' (the labeled batch only;
+            not with teacher_pass 'joint', whose shared forward updates them from the weak view),
             'all' (the reference) or 'unmasked' (all but the masked view: the reference's statistics, which the
             masked view's 70 % mean-colour patches would otherwise pull towards inputs no eval-mode pass sees).
         masked_norm: How BatchNorm normalises the masked view: 'batch' (as the other student views, per
@@ -182,10 +184,16 @@ class MaskMatchModule(L.LightningModule):
         if student_forward not in ("sequential", "batched", "concat"):
             raise ValueError(f"student_forward must be 'sequential', 'batched' or 'concat', got {student_forward!r}")
         updates_running_stats(norm_stats, "sup")  # refuses an unknown policy
-        if norm_stats != "all" and student_forward == "concat":
+        shares_masked_statistics = norm_stats == "unmasked" and masked_weight > 0
+        if student_forward == "concat" and (norm_stats == "labeled" or shares_masked_statistics):
             raise ValueError(
                 f"norm_stats={norm_stats!r} needs student_forward 'sequential' or 'batched': concat shares "
                 "BatchNorm statistics between the views; with concat set norm_stats='all'"
+            )
+        if teacher_pass == "joint" and norm_stats == "labeled":
+            raise ValueError(
+                "teacher_pass='joint' runs the weak view in the labeled batch's train-mode forward, which updates the "
+                "BatchNorm running statistics from it: it needs norm_stats 'all' or 'unmasked', got 'labeled'"
             )
         if teacher_pass == "joint" and teacher != "shared":
             raise ValueError("teacher_pass='joint' needs teacher='shared': an EMA teacher has weights of its own")
