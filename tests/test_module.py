@@ -242,7 +242,7 @@ def test_image_relative_pseudo_label_scales_read_the_batchs_view_scale(tiny_modu
     assert rescaled["train/loss_sup"] == pytest.approx(reference["train/loss_sup"], rel=1e-5)
     assert rescaled["train/loss_strong"] != pytest.approx(reference["train/loss_strong"], rel=1e-3)
     with pytest.raises(ValueError, match="needs pseudo_label_scale_reference='view'"):
-        MaskMatchModule(**kwargs, pseudo_label_scale_reference="image", teacher_pass="joint")
+        MaskMatchModule(**kwargs, pseudo_label_scale_reference="image", teacher_pass="joint", norm_stats="all")
 
 
 @pytest.mark.parametrize("norm_stats", ["labeled", "all", "unmasked"])
