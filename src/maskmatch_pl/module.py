@@ -184,16 +184,17 @@ class MaskMatchModule(L.LightningModule):
         if student_forward not in ("sequential", "batched", "concat"):
             raise ValueError(f"student_forward must be 'sequential', 'batched' or 'concat', got {student_forward!r}")
         updates_running_stats(norm_stats, "sup")  # refuses an unknown policy
-        shares_masked_statistics = norm_stats == "unmasked" and masked_weight > 0
-        if student_forward == "concat" and (norm_stats == "labeled" or shares_masked_statistics):
+        # concat shares one forward, so every student view in it must move the running statistics
+        concat_views = ("sup", "strong0", "masked") if masked_weight > 0 else ("sup", "strong0")
+        if student_forward == "concat" and not all(updates_running_stats(norm_stats, v) for v in concat_views):
             raise ValueError(
                 f"norm_stats={norm_stats!r} needs student_forward 'sequential' or 'batched': concat shares "
                 "BatchNorm statistics between the views; with concat set norm_stats='all'"
             )
-        if teacher_pass == "joint" and norm_stats == "labeled":
+        if teacher_pass == "joint" and not updates_running_stats(norm_stats, "weak"):
             raise ValueError(
                 "teacher_pass='joint' runs the weak view in the labeled batch's train-mode forward, which updates the "
-                "BatchNorm running statistics from it: it needs norm_stats 'all' or 'unmasked', got 'labeled'"
+                f"BatchNorm running statistics from it: it needs norm_stats 'all' or 'unmasked', got {norm_stats!r}"
             )
         if teacher_pass == "joint" and teacher != "shared":
             raise ValueError("teacher_pass='joint' needs teacher='shared': an EMA teacher has weights of its own")
