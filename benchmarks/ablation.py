@@ -61,6 +61,13 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "unimatch": ("configs/demo_unimatch.yaml", []),
     "unimatch+maskmatch": ("configs/demo_unimatch_maskmatch.yaml", []),
     "supervised-all-labels": ("configs/demo_supervised.yaml", ["--data.split=full"]),
+    # issue 24 (weak teachers): class-wise self-adaptive thresholds (FreeMatch) on each method, and the
+    # demo's tau / LR against the reference's
+    "fixmatch+freematch": ("configs/demo_fixmatch.yaml", ["--model.pseudo_label_threshold=freematch"]),
+    "maskmatch+freematch": ("configs/demo.yaml", ["--model.pseudo_label_threshold=freematch"]),
+    "unimatch+freematch": ("configs/demo_unimatch.yaml", ["--model.pseudo_label_threshold=freematch"]),
+    "fixmatch-tau0.95": ("configs/demo_fixmatch.yaml", ["--model.conf_threshold=0.95"]),
+    "fixmatch-lr0.003": ("configs/demo_fixmatch.yaml", ["--model.lr=0.003"]),
 }
 CORE = [
     "supervised",
@@ -123,6 +130,15 @@ def run_one(method: str, ratio: str, seed: int, args: argparse.Namespace) -> dic
     scored = [r for r in rows if r.get(PSEUDO[0])]
     last = scored[-1] if scored else {}
     pseudo = {key: float(value) for key, value in last.items() if value and key.startswith("pseudo")}
+    validated = [r for r in rows if r.get("val/mIoU")]
+    final = {key: float(value) for key, value in validated[-1].items() if value and key.startswith("val/")}
+    checked = [r for r in rows if r.get("health/flip_agreement")]
+    health = {
+        k: float(v) for k, v in (checked[-1] if checked else {}).items() if v and k.startswith(("health/", "pl_"))
+    }
+    pseudo_curve = [
+        (int(r["step"]), {k: float(v) for k, v in r.items() if v and k.startswith("pseudo")}) for r in scored
+    ]
     result = {
         "method": method,
         "ratio": ratio,
@@ -131,6 +147,9 @@ def run_one(method: str, ratio: str, seed: int, args: argparse.Namespace) -> dic
         "miou": curve[-1][1],
         "curve": curve,
         "pseudo": pseudo,
+        "final": final,
+        "health": health,
+        "pseudo_curve": pseudo_curve,
         "seconds": seconds,
     }
     result_file.write_text(json.dumps(result))

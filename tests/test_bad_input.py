@@ -43,7 +43,7 @@ def test_labeled_masks_that_are_all_ignore_are_refused(tmp_path):
 def test_classes_that_no_labeled_mask_holds_are_named(tmp_path):
     root = make_binary_folders(tmp_path)
     with pytest.warns(UserWarning, match=r"classes \['2', '3'\] occur in no labeled mask \(num_classes is 4\)"):
-        custom(root, binary=True, num_classes=4).setup("fit")
+        custom(root, mask_mapping={255: 1}, num_classes=4).setup("fit")
 
 
 def test_a_truncated_image_is_found_by_the_full_check_before_training(tmp_path):

@@ -89,8 +89,8 @@ def fake_parts(tmp_path, label, confidence, prediction, threshold=0.9, step=7):
     """A stand-in module (its eval protocol predicts ``prediction``) and trainer for ValPanels."""
     logits = torch.nn.functional.one_hot(prediction, 4).permute(0, 3, 1, 2).float()
     module = SimpleNamespace(
-        eval_protocol=SimpleNamespace(probabilities=lambda network, x: logits[: len(x)], region=lambda x: x),
-        network=None,
+        eval_protocol=SimpleNamespace(region=lambda x: x),
+        predict_labels=lambda batch: logits[: len(batch["image"])].argmax(1),
         teacher=Teacher(label, confidence),
         conf_threshold=threshold,
         masking=lambda x, generator: torch.zeros_like(x),

@@ -11,6 +11,7 @@ from .evaluation import EvalProtocol, predict_probabilities, sliding_window_prob
 from .losses import LossWeights, SupervisedLoss, consistency_loss, ohem_cross_entropy  # noqa: E402
 from .masking import PatchMasking, apply_patch_mask, masked_view, random_patch_mask  # noqa: E402
 from .module import MaskMatchModule  # noqa: E402
+from .health import PseudoLabelHealth  # noqa: E402
 from .monitoring import PseudoLabelMonitor  # noqa: E402
 from .multiscale import (  # noqa: E402
     fuse_probabilities,
@@ -26,8 +27,10 @@ from .network import (  # noqa: E402
     per_view_norm_statistics,
     running_norm_statistics,
 )
+from .preemption import PreemptionCheckpoint  # noqa: E402
 from .targets import IGNORE_INDEX, PseudoLabels  # noqa: E402
 from .teacher import Teacher, ema_momentum, ema_update  # noqa: E402
+from .thresholds import PseudoLabelThreshold  # noqa: E402
 from .visualize import ValPanels  # noqa: E402
 
 __version__ = "0.1.0"
@@ -39,7 +42,10 @@ __all__ = [
     "LossWeights",
     "MaskMatchModule",
     "PatchMasking",
+    "PreemptionCheckpoint",
+    "PseudoLabelHealth",
     "PseudoLabelMonitor",
+    "PseudoLabelThreshold",
     "PseudoLabels",
     "SegmentationNetwork",
     "SemiSupervisedDataModule",

@@ -17,8 +17,10 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from .data.datamodule import SemiSupervisedDataModule
+from .export import export_main
 from .module import MaskMatchModule
 from .prediction import PredictionWriter
+from .preemption import PreemptionCheckpoint
 
 EVAL_KNOBS = ("eval_mode", "eval_crop_size", "eval_scales", "eval_flip")  # the command line's win over a checkpoint
 NETWORK_KNOBS = ("arch", "encoder_name", "model_kwargs")  # must match the checkpoint's
@@ -97,6 +99,10 @@ class MaskMatchCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("save_config_callback", SaveRunConfig)
+        defaults = dict(kwargs.get("trainer_defaults") or {})
+        callbacks = defaults.get("callbacks", [])  # SIGTERM saves and exits 143 in every fit (preemption.py)
+        defaults["callbacks"] = [*(callbacks if isinstance(callbacks, list) else [callbacks]), PreemptionCheckpoint()]
+        kwargs["trainer_defaults"] = defaults
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -186,7 +192,12 @@ def _log_evaluation_apart(trainer: Namespace, command: str) -> None:
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of the ``maskmatch-pl`` console script (``args`` default to ``sys.argv``)."""
+    """Entry point of the ``maskmatch-pl`` console script (``args`` default to ``sys.argv``);
+    ``maskmatch-pl export ...`` writes a checkpoint's student as ONNX / TorchScript (:mod:`.export`)."""
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and argv[:1] == ["export"]:
+        export_main(argv[1:])
+        return
     MaskMatchCLI(
         MaskMatchModule,
         SemiSupervisedDataModule,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -106,5 +106,41 @@ class EvalProtocol:
     def __str__(self) -> str:
         return (
             f"eval_mode={self.mode}, crop {self.crop_size}, scales {list(self.scales)}, flip {self.flip}; "
-            f"mIoU = sum of intersections / sum of unions over the whole set"
+            f"IoU = sum of intersections / sum of unions over the whole set, per image at its own size; mIoU = mean "
+            f"over the classes with a union"
         )
+
+
+def size_groups(batch: dict[str, Any]) -> Iterator[tuple[list[int], int, int]]:
+    """The images of a batch grouped by their own size, before padding: ``(indices, height,
+    width)`` per group. A batch collated by :func:`~maskmatch_pl.data.datasets.pad_collate` says
+    each image's size in ``size`` (``B x 2``); without it every image is taken to be whole.
+
+    Each group is then predicted at its own size, so that padding never reaches what the
+    network sees and a prediction does not depend on the batch it came in."""
+    images, sizes = batch["image"], batch.get("size")
+    if sizes is None:
+        yield list(range(len(images))), images.shape[-2], images.shape[-1]
+        return
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, (height, width) in enumerate(sizes.tolist()):
+        groups.setdefault((int(height), int(width)), []).append(index)
+    for (height, width), indices in groups.items():
+        yield indices, height, width
+
+
+def iou_from_confusion(confusion: torch.Tensor) -> torch.Tensor:
+    """Per-class IoU ``C`` (float64) from a ``C x C`` confusion matrix summed over a whole set:
+    intersection / union with intersection = the diagonal and union = row sum + column sum -
+    diagonal. A class with union 0 (neither in the truth nor in any prediction of the set) has
+    no IoU: NaN, left out of the mean (UniMatch's ``eval`` counts it as 0; here it carries no
+    evidence either way)."""
+    confusion = confusion.double()
+    intersection = confusion.diagonal()
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    return torch.where(union > 0, intersection / union.clamp(min=1), torch.full_like(union, float("nan")))
+
+
+def mean_iou(iou: torch.Tensor) -> torch.Tensor:
+    """The mean over the classes that have an IoU (NaN ignored): the mIoU of the set."""
+    return iou.nanmean()

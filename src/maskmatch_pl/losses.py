@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from .targets import IGNORE_INDEX, PseudoLabels
 
 
-def consistency_loss(logits: torch.Tensor, targets: PseudoLabels, threshold: float) -> torch.Tensor:
+def consistency_loss(logits: torch.Tensor, targets: PseudoLabels, threshold: float | torch.Tensor) -> torch.Tensor:
     """UniMatch's unsupervised loss.
 
     Per-pixel cross-entropy of the student ``logits`` (``B x C x H x W``) against
-    ``targets.pseudo_label`` (``B x H x W``), kept where ``confidence >= threshold`` and the
+    ``targets.pseudo_label`` (``B x H x W``), kept where ``confidence >= threshold`` (one number,
+    or ``C`` class-wise thresholds read at each pixel's pseudo-label) and the
     pixel is not crop padding (``ignore_mask == 255``), summed and divided by the number of
     non-padding pixels.
     """

@@ -7,18 +7,19 @@ into them and wires them into a training step that follows the paper's algorithm
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
-from torchmetrics.classification import MulticlassJaccardIndex
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from .batch import check_batch, strong_keys
 from .cutmix import cutmix
-from .evaluation import EvalMode, EvalProtocol
+from .evaluation import EvalMode, EvalProtocol, iou_from_confusion, mean_iou, size_groups
+from .health import PseudoLabelHealth
 from .losses import LossWeights, SupervisedLoss, consistency_loss, rampup_factor
 from .masking import PatchMasking
 from .monitoring import PseudoLabelMonitor
@@ -35,6 +36,7 @@ from .network import (
 from .optim import build_optimizer, poly_schedule
 from .targets import IGNORE_INDEX, PseudoLabels
 from .teacher import ScaleReference, Teacher
+from .thresholds import PseudoLabelThreshold, ThresholdKind
 
 
 class MaskMatchModule(L.LightningModule):
@@ -71,6 +73,12 @@ class MaskMatchModule(L.LightningModule):
             off).
         conf_threshold: Pseudo-label confidence threshold tau: pixels with confidence >= tau reach the unlabeled
             losses.
+        pseudo_label_threshold: 'fixed' (conf_threshold for every class, the reference) or 'freematch' (class-wise
+            self-adaptive thresholds of FreeMatch, arXiv:2205.07246: lower for the classes the teacher gives less
+            probability; for weak teachers and rare or small classes, see README 'Pseudo-label health').
+        threshold_momentum: EMA momentum of the 'freematch' thresholds (FreeMatch's 0.999 is for ~1M steps).
+        health_every: Every this many steps the teacher also predicts the flipped weak view, for the mask-free
+            pseudo-label health monitor's flip agreement (0: never; the class shares are counted every step).
         pseudo_label_scales: Input scales whose teacher softmax is fused into the pseudo-labels (MaskMatch's
             multi-scale ensembling; see pseudo_label_fusion).
         pseudo_label_flip: Also average the teacher's prediction of the horizontally flipped weak view.
@@ -142,6 +150,9 @@ class MaskMatchModule(L.LightningModule):
         unsup_rampup_steps: int = 0,
         masked_rampup_steps: int = 0,
         conf_threshold: float = 0.95,
+        pseudo_label_threshold: ThresholdKind = "fixed",
+        threshold_momentum: float = 0.99,
+        health_every: int = 10,
         pseudo_label_scales: Sequence[float] = (0.75, 1.0, 1.25),
         pseudo_label_flip: bool = False,
         pseudo_label_fusion: Fusion = "mean",
@@ -236,12 +247,15 @@ class MaskMatchModule(L.LightningModule):
             pseudo_label_fusion,
             pseudo_label_scale_reference,
         )
-        self.val_iou = MulticlassJaccardIndex(
-            num_classes, average="none", ignore_index=IGNORE_INDEX, validate_args=False
-        )
+        # the confusion matrix summed over the set (synced under DDP); IoU and mIoU are computed from it
+        self.val_iou = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
         self.test_iou = self.val_iou.clone()
         other_scales = [f"pseudo_scale_{s:g}" for s in pseudo_label_scales if len(pseudo_label_scales) > 1 and s != 1.0]
         self.pseudo_monitor = PseudoLabelMonitor(num_classes, ["pseudo", "pseudo_single_scale", *other_scales])
+        self.threshold = PseudoLabelThreshold(pseudo_label_threshold, conf_threshold, num_classes, threshold_momentum)
+        if health_every < 0:
+            raise ValueError(f"health_every must be >= 0, got {health_every}")
+        self.health, self.health_every = PseudoLabelHealth(num_classes), health_every
         self._seed = 0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -255,7 +269,8 @@ class MaskMatchModule(L.LightningModule):
             return self._total({"sup": self.sup_loss(self.network(labeled["image"]), labeled["mask"])}, labeled)
         rng = self._rng()
         # 1. teacher: pseudo-labels on the weak view, fused over scales
-        sup_logits, targets = self._pseudo_labels(labeled["image"], unlabeled)
+        sup_logits, targets, threshold = self._pseudo_labels(labeled["image"], unlabeled)
+        self._check_health(labeled["mask"], unlabeled, targets, threshold)
         # 2. strong views, CutMixed together with their targets
         strong = [cutmix(unlabeled[key], targets, self.cutmix_prob, rng) for key in self.strong_keys]
         # 3. masked modeling: a patch-masked copy of the strong (or weak) view, same targets
@@ -268,13 +283,13 @@ class MaskMatchModule(L.LightningModule):
         losses = {"sup": self.sup_loss(logits.get("sup", sup_logits), labeled["mask"])}
         if self.weights.strong > 0:
             losses["strong"] = torch.stack(
-                [consistency_loss(logits[f"strong{i}"], t, self.conf_threshold) for i, (_, t) in enumerate(strong)]
+                [consistency_loss(logits[f"strong{i}"], t, threshold) for i, (_, t) in enumerate(strong)]
             ).mean()
         if "masked" in views:
-            losses["masked"] = consistency_loss(logits["masked"], views["masked"][1], self.conf_threshold)
+            losses["masked"] = consistency_loss(logits["masked"], views["masked"][1], threshold)
         if self.weights.fp > 0:  # UniMatch: the decoder on perturbed features of the weak view
-            losses["fp"] = consistency_loss(self._perturbed(unlabeled["image"]), targets, self.conf_threshold)
-        return self._total(losses, labeled, strong[0][1])
+            losses["fp"] = consistency_loss(self._perturbed(unlabeled["image"]), targets, threshold)
+        return self._total(losses, labeled, strong[0][1], threshold)
 
     def _checked(self, batch: dict[str, Any], batch_idx: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
         labeled = batch["labeled"]
@@ -295,9 +310,10 @@ class MaskMatchModule(L.LightningModule):
 
     def _pseudo_labels(
         self, labeled_images: torch.Tensor, unlabeled: dict[str, Any]
-    ) -> tuple[torch.Tensor | None, PseudoLabels]:
-        """The teacher's targets for the weak view; with ``teacher_pass='joint'`` also the labeled
-        logits of the train-mode forward the two batches shared (the reference)."""
+    ) -> tuple[torch.Tensor | None, PseudoLabels, float | torch.Tensor]:
+        """The teacher's targets for the weak view and the confidence threshold(s) they are held to;
+        with ``teacher_pass='joint'`` also the labeled logits of the train-mode forward the two
+        batches shared (the reference)."""
         weak, sup_logits, view_scale = unlabeled["image"], None, unlabeled.get("view_scale")
         if self.teacher_pass == "joint":
             both = self.network(torch.cat([labeled_images, weak]))
@@ -306,6 +322,8 @@ class MaskMatchModule(L.LightningModule):
         else:
             per_scale = self.teacher.scale_probabilities(weak, view_scale=view_scale)
         fused = self.teacher.fuse(per_scale)
+        ignore_mask = unlabeled.get("ignore_mask")
+        threshold = self.threshold.update(fused, None if ignore_mask is None else ignore_mask != IGNORE_INDEX)
         if "monitor_mask" in unlabeled:  # true masks, for measuring only: no loss reads them
             scales = list(self.teacher.scales)
             single = (
@@ -317,9 +335,25 @@ class MaskMatchModule(L.LightningModule):
             scored.update({f"pseudo_scale_{s:g}": p for s, p in zip(scales, per_scale) if len(scales) > 1 and s != 1.0})
             for name, probs in scored.items():
                 self.pseudo_monitor.update(
-                    name, probs, unlabeled["monitor_mask"], self.conf_threshold, unlabeled.get("ignore_mask")
+                    name, probs, unlabeled["monitor_mask"], threshold, unlabeled.get("ignore_mask")
                 )
-        return sup_logits, PseudoLabels.from_probabilities(fused, unlabeled.get("ignore_mask"))
+        return sup_logits, PseudoLabels.from_probabilities(fused, ignore_mask), threshold
+
+    def _check_health(
+        self,
+        labeled_mask: torch.Tensor,
+        unlabeled: dict[str, Any],
+        targets: PseudoLabels,
+        threshold: float | torch.Tensor,
+    ) -> None:
+        """Count the step for the mask-free health monitor; every ``health_every`` steps the
+        teacher also predicts the flipped weak view (one more teacher forward, scale 1)."""
+        flipped = None
+        if self.health_every and self.global_step % self.health_every == 0:
+            weak = unlabeled["image"].flip(-1)
+            probs = self.teacher.scale_probabilities(weak, [1.0], unlabeled.get("view_scale"))[0]
+            flipped = probs.flip(-1).argmax(1)
+        self.health.update(labeled_mask, targets, threshold, flipped)
 
     def _student(
         self, labeled: dict[str, torch.Tensor], views: dict[str, tuple[torch.Tensor, PseudoLabels]]
@@ -341,14 +375,18 @@ class MaskMatchModule(L.LightningModule):
             return self.network.forward_perturbed(weak, self.fp_dropout)
 
     def _total(
-        self, losses: dict[str, torch.Tensor], labeled: dict[str, Any], strong_targets: PseudoLabels | None = None
+        self,
+        losses: dict[str, torch.Tensor],
+        labeled: dict[str, Any],
+        strong_targets: PseudoLabels | None = None,
+        threshold: float | torch.Tensor = 1.0,
     ) -> torch.Tensor:
         """The weighted total (ramp-ups included); logs each term, the total and the share of
         confident pixels in the first strong view's targets."""
         batch_size = len(labeled["image"])
         total = self.weights.total(losses, self.global_step)
         if strong_targets is not None:
-            fraction = strong_targets.confident_fraction(self.conf_threshold)
+            fraction = strong_targets.confident_fraction(threshold)
             self.log("train/confident_fraction", fraction, batch_size=len(strong_targets.confidence))
         for name, value in losses.items():
             self.log(f"train/loss_{name}", value, batch_size=batch_size)
@@ -362,7 +400,7 @@ class MaskMatchModule(L.LightningModule):
         self._seed = torch.initial_seed()
 
     def on_train_start(self) -> None:
-        self.teacher.last_step = self.global_step  # resume-safe: the EMA weights already follow this step
+        self.teacher.last_step = self.global_step  # a checkpoint's EMA weights already follow its step
         loaders = self.trainer.train_dataloader
         loaders = getattr(loaders, "iterables", loaders)  # a CombinedLoader's dict of loaders
         if self.weights.uses_unlabeled and isinstance(loaders, dict) and "unlabeled" not in loaders:
@@ -372,8 +410,23 @@ class MaskMatchModule(L.LightningModule):
                 "or set the unlabeled weights to 0 for the supervised baseline"
             )
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Dropout draws from the global RNG, which no checkpoint holds: each batch draws from it seeded by
+        # (seed, rank, step, batch), and the global state (initial_seed included) is put back after the batch.
+        devices = [self.device] if self.device.type == "cuda" else []  # the CPU generator is always forked
+        self._batch_rng = torch.random.fork_rng(devices, device_type="cuda")
+        self._batch_rng.__enter__()
+        torch.manual_seed(hash((self._seed, self.global_rank, self.global_step, batch_idx)) & 0x7FFF_FFFF_FFFF_FFFF)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.teacher.update(self.network, self.global_step)  # once per optimiser step
+        self._batch_rng.__exit__(None, None, None)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimiser step, then the EMA teacher's update: inside the step (once per step, whatever
+        the gradient accumulation), so that a checkpoint taken after the step holds the teacher of
+        that step (``ModelCheckpoint(every_n_train_steps)`` saves before the module's ``on_train_batch_end``)."""
+        super().optimizer_step(*args, **kwargs)
+        self.teacher.update(self.network, self.global_step + 1)  # Lightning counts the step after this hook
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another network or class count with a message, not a size-mismatch traceback."""
@@ -397,25 +450,58 @@ class MaskMatchModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, batch: dict[str, Any], batch_idx: int, metric: MulticlassJaccardIndex, stage: str) -> None:
+    def _unpadded_probabilities(self, batch: dict[str, Any], whole: bool = False) -> Iterator[tuple[list[int], Any]]:
+        """``(indices, probabilities)`` per group of equally sized images of the batch, each
+        group predicted at its own size (:func:`~maskmatch_pl.evaluation.size_groups`): the
+        result does not depend on the batch size. A failure names the images."""
+        for indices, height, width in size_groups(batch):
+            images = batch["image"][indices, :, :height, :width]
+            try:
+                yield indices, self.eval_protocol.probabilities(self.network, images, whole=whole)
+            except (RuntimeError, ValueError) as error:
+                names = [batch["name"][i] for i in indices] if batch.get("name") else indices
+                raise RuntimeError(f"{names}: the network failed on these {width}x{height} images: {error}") from error
+
+    def _evaluate(self, batch: dict[str, Any], batch_idx: int, metric: MulticlassConfusionMatrix, stage: str) -> None:
         check_batch(
             batch, stage, label_maps=("mask",), num_classes=self.hparams.num_classes, check_values=batch_idx == 0
         )
-        probs = self.eval_protocol.probabilities(self.network, batch["image"])
-        metric.update(probs.argmax(1), self.eval_protocol.region(batch["mask"]))
+        for indices, probs in self._unpadded_probabilities(batch):
+            masks = batch["mask"][indices, : probs.shape[-2], : probs.shape[-1]]
+            metric.update(probs.argmax(1), self.eval_protocol.region(masks))
 
-    def _log_iou(self, metric: MulticlassJaccardIndex, stage: str) -> None:
-        iou = metric.compute()
-        self.log(f"{stage}/mIoU", iou.mean(), prog_bar=True)
+    def _log_iou(self, metric: MulticlassConfusionMatrix, stage: str) -> None:
+        """mIoU and per-class IoU of the set (NaN for a class in neither truth nor predictions)."""
+        iou = iou_from_confusion(metric.compute()).float()
+        self.log(f"{stage}/mIoU", mean_iou(iou), prog_bar=True)
         for name, value in zip(self.class_names, iou):
             self.log(f"{stage}/IoU_{name}", value)
         metric.reset()
 
     def _log_pseudo_label_quality(self) -> None:
-        """Pseudo-label scores over the training steps since the last call (``pseudo/*``)."""
+        """Pseudo-label scores over the training steps since the last call: against masks when the
+        unlabeled batches carry them (``pseudo/*``), and the mask-free health monitor (``health/*``),
+        whose problems are warned about and counted in the progress bar (``pl_vanished``, ``pl_takeover``)."""
         if self.pseudo_monitor.updated:
             self.log_dict(self.pseudo_monitor.compute(self.class_names))
             self.pseudo_monitor.reset()
+        if not self.health.update_called:
+            return
+        values = self.health.compute()
+        problems = self.health.problems(self.class_names)
+        logged = {f"health/{key}": value for key, value in values.items() if value.dim() == 0}
+        for key in ("labeled_share", "confident_share", "confident_fraction"):
+            logged.update({f"health/{key}_{name}": value for name, value in zip(self.class_names, values[key])})
+        thresholds = self.threshold.thresholds()
+        if isinstance(thresholds, torch.Tensor):
+            logged.update({f"health/threshold_{name}": value for name, value in zip(self.class_names, thresholds)})
+        self.log_dict({key: value.float() for key, value in logged.items() if not value.isnan()})
+        for kind in ("vanished", "takeover"):
+            count = sum(problem.kind == kind for problem in problems)
+            self.log(f"pl_{kind}", float(count), prog_bar=True)
+        for problem in problems:
+            rank_zero_warn(f"pseudo-label health at step {self.global_step}: {problem.message}")
+        self.health.reset()
 
     def on_validation_start(self) -> None:
         rank_zero_info(f"evaluation: {self.eval_protocol}")
@@ -441,5 +527,15 @@ class MaskMatchModule(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Class maps ``B x H x W`` of the whole images plus the batch's ``name``/``size``."""
         check_batch(batch, "predict")
-        probs = self.eval_protocol.probabilities(self.network, batch["image"], whole=True)
-        return {"prediction": probs.argmax(1), "name": batch.get("name"), "size": batch.get("size")}
+        return {"prediction": self.predict_labels(batch), "name": batch.get("name"), "size": batch.get("size")}
+
+    @torch.no_grad()
+    def predict_labels(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Class maps ``B x H x W`` (long) of the whole images of an eval batch (``image``, and
+        ``size`` when padded), each image predicted at its own size; pixels outside an image's
+        own size (batch padding) are 255. A centre-crop protocol is applied as ``original``."""
+        images = batch["image"]
+        labels = torch.full((images.shape[0], *images.shape[-2:]), IGNORE_INDEX, dtype=torch.long, device=images.device)
+        for indices, probs in self._unpadded_probabilities(batch, whole=True):
+            labels[indices, : probs.shape[-2], : probs.shape[-1]] = probs.argmax(1)
+        return labels

@@ -45,12 +45,15 @@ class PseudoLabelMonitor(nn.Module):
         name: str,
         probabilities: torch.Tensor,
         target: torch.Tensor,
-        threshold: float,
+        threshold: float | torch.Tensor,
         ignore_mask: torch.Tensor | None = None,
     ) -> None:
         """Score ``B x C x H x W`` teacher probabilities against the ``B x H x W`` true mask
-        (255 = unknown); pixels where ``ignore_mask == 255`` (crop padding) do not count."""
+        (255 = unknown); pixels where ``ignore_mask == 255`` (crop padding) do not count.
+        ``threshold``: one number, or ``C`` class-wise thresholds read at each pseudo-label."""
         confidence, pseudo_label = probabilities.max(dim=1)
+        if isinstance(threshold, torch.Tensor) and threshold.dim() == 1:
+            threshold = threshold[pseudo_label]
         valid = target != IGNORE_INDEX
         if ignore_mask is not None:
             valid &= ignore_mask != IGNORE_INDEX
@@ -63,7 +66,9 @@ class PseudoLabelMonitor(nn.Module):
         """Metrics since the last :meth:`reset`, keyed ``<name>/<metric>``: ``acc`` and
         ``mIoU`` (all valid pixels), ``acc_confident`` and ``mIoU_confident`` (confident
         pixels only), ``confident_fraction`` and ``confident_fraction_<class>`` (share of the
-        valid pixels of each true class that are confident). mIoU averages the classes present."""
+        valid pixels of each true class that are confident), ``acc_confident_<class>`` (share of
+        the confident pixels pseudo-labelled ``<class>`` that truly are). mIoU averages the
+        classes present."""
         names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
         metrics: dict[str, torch.Tensor] = {}
         for index, prefix in enumerate(self.names):
@@ -76,9 +81,12 @@ class PseudoLabelMonitor(nn.Module):
                 metrics[f"{prefix}/mIoU{suffix}"] = mean_iou(matrix)
             per_class = confident.sum(1) / every.sum(1).clamp_min(1)  # rows: true class
             metrics[f"{prefix}/confident_fraction"] = confident.sum() / every.sum().clamp_min(1)
+            precision = confident.diag() / confident.sum(0).clamp_min(1)  # columns: pseudo-label class
             for index, name in enumerate(names):
                 if every[index].sum() > 0:
                     metrics[f"{prefix}/confident_fraction_{name}"] = per_class[index]
+                if confident[:, index].sum() > 0:
+                    metrics[f"{prefix}/acc_confident_{name}"] = precision[index]
         return {key: value.float() for key, value in metrics.items()}
 
     @property

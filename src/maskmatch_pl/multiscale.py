@@ -18,6 +18,16 @@ def check_fusion(rule: str) -> None:
         raise ValueError(f"pseudo_label_fusion must be 'mean' or 'geometric', got {rule!r}")
 
 
+def _rescaled(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """``images`` resized bilinearly by ``scale``; a side that would round down to 0 pixels
+    keeps 1 (a 1-pixel-tall image at scale 0.75)."""
+    height, width = images.shape[-2:]
+    if int(height * scale) >= 1 and int(width * scale) >= 1:
+        return F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+    size = (max(1, int(height * scale)), max(1, int(width * scale)))
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
 def scale_probabilities(
     model: Network, images: torch.Tensor, scales: Sequence[float], flip: bool = False
 ) -> list[torch.Tensor]:
@@ -43,7 +53,7 @@ def scale_probabilities(
     for scale in scales:
         scaled = images
         if scale != 1.0:
-            scaled = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+            scaled = _rescaled(images, scale)
         views = [scaled, scaled.flip(-1)] if flip else [scaled]
         total = None
         for index, view in enumerate(views):

@@ -164,21 +164,24 @@ def maybe_frozen(network: nn.Module, freeze: bool):  # noqa: ANN201 - a context 
     return frozen_norm_statistics(network) if freeze else nullcontext()
 
 
+def _encoder_stride(net: nn.Module) -> int:
+    """The output stride of an smp encoder (its deepest feature map is the input / this); 1 if unknown."""
+    stride = getattr(getattr(net, "encoder", None), "output_stride", None)
+    return stride if isinstance(stride, int) and stride > 0 else 1
+
+
 def _output_stride(net: nn.Module) -> int:
-    encoder = getattr(net, "encoder", None)
-    stride = getattr(encoder, "output_stride", None)
-    if getattr(net, "requires_divisible_input_shape", True) and isinstance(stride, int):
-        return stride
-    return 1
+    """What inputs must be a multiple of: the encoder's stride, unless the network takes any size."""
+    return _encoder_stride(net) if getattr(net, "requires_divisible_input_shape", True) else 1
 
 
 class SegmentationNetwork(nn.Module):
     """Wraps a network that maps ``B x 3 x H x W`` images to ``B x C x H x W`` logits.
 
     Inputs whose size the network cannot take are padded on the bottom/right with zeros (the
-    mean colour after normalisation) to a multiple of ``pad_multiple`` and the logits are
-    cropped back, so any crop size works. ``pad_multiple`` defaults to an smp encoder's
-    output stride, and to 1 for other networks.
+    mean colour after normalisation) to a multiple of ``pad_multiple`` (and never down to a 1 x 1
+    deepest feature map, :meth:`padded_size`) and the logits are cropped back, so any input size
+    works. ``pad_multiple`` defaults to an smp encoder's output stride, and to 1 for other networks.
 
     With ``channels_last`` the weights are stored and the images fed in the channels-last
     memory format (``B x H x W x C`` in memory), which oneDNN's CPU convolutions and tensor
@@ -189,16 +192,29 @@ class SegmentationNetwork(nn.Module):
         super().__init__()
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.pad_multiple = pad_multiple or _output_stride(net)
+        self.feature_stride = _encoder_stride(net)
         self.channels_last = channels_last
 
     @property
     def encoder(self) -> nn.Module | None:
         return getattr(self.net, "encoder", None)
 
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size an input of ``height x width`` is padded to: multiples of ``pad_multiple``,
+        and wide enough that the encoder's deepest feature map (input / its output stride) has two
+        values, never 1 x 1: a normalisation layer cannot normalise one value (GroupNorm refuses it
+        in every mode, BatchNorm in training)."""
+        multiple, stride = self.pad_multiple, self.feature_stride
+        padded_h, padded_w = -(-height // multiple) * multiple, -(-width // multiple) * multiple
+        if stride > 1 and -(-padded_h // stride) * -(-padded_w // stride) < 2:
+            padded_w = -(-(stride + 1) // multiple) * multiple
+        return padded_h, padded_w
+
     def _pad(self, images: torch.Tensor) -> torch.Tensor:
-        """The network's input: padded to ``pad_multiple``, in the memory format of its weights."""
+        """The network's input: padded as :meth:`padded_size` says, in the memory format of its weights."""
         height, width = images.shape[-2:]
-        pad_h, pad_w = -height % self.pad_multiple, -width % self.pad_multiple
+        padded_h, padded_w = self.padded_size(height, width)
+        pad_h, pad_w = padded_h - height, padded_w - width
         images = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 

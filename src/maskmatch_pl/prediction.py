@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .palettes import colorize, voc_palette
 
@@ -155,5 +155,5 @@ class PredictionWriter(BasePredictionWriter):
             paths[0].parent.mkdir(parents=True, exist_ok=True)
             coloured.save(paths[0])
             if self.overlay:
-                with Image.open(name) as source:
-                    overlay(source, coloured).save(paths[1])
+                with Image.open(name) as source:  # turned as viewers show it, as the prediction was made
+                    overlay(ImageOps.exif_transpose(source), coloured).save(paths[1])

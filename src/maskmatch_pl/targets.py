@@ -39,10 +39,13 @@ class PseudoLabels(NamedTuple):
         """Pixels that are not crop padding."""
         return self.ignore_mask != IGNORE_INDEX
 
-    def confident(self, threshold: float) -> torch.Tensor:
-        """Pixels that reach a loss: not padding and ``confidence >= threshold`` (the reference's ``>=``)."""
+    def confident(self, threshold: float | torch.Tensor) -> torch.Tensor:
+        """Pixels that reach a loss: not padding and ``confidence >= threshold`` (the reference's ``>=``);
+        a ``C`` tensor of class-wise thresholds is read at each pixel's pseudo-label."""
+        if isinstance(threshold, torch.Tensor) and threshold.dim() == 1:
+            threshold = threshold[self.pseudo_label]
         return self.valid & (self.confidence >= threshold)
 
-    def confident_fraction(self, threshold: float) -> torch.Tensor:
+    def confident_fraction(self, threshold: float | torch.Tensor) -> torch.Tensor:
         """Share of the non-padding pixels that are confident."""
         return self.confident(threshold).sum() / self.valid.sum().clamp_min(1)

@@ -201,9 +201,10 @@ class ValPanels(L.Callback):
         """Image, truth, prediction, thresholded pseudo-label and masked view of the first
         ``count`` images of ``batch``."""
         protocol = pl_module.eval_protocol
-        images, masks = batch["image"][:count], batch["mask"][:count]
+        first = {key: value[:count] for key, value in batch.items() if key in ("image", "mask", "size", "name")}
+        images, masks = first["image"], first["mask"]
         with torch.no_grad():
-            prediction = protocol.probabilities(pl_module.network, images).argmax(1)
+            prediction = protocol.region(pl_module.predict_labels(first))  # each image at its own size
             images, masks = protocol.region(images), protocol.region(masks)
             stored_size = torch.ones(len(images), device=images.device)  # val images are not rescaled
             targets = pl_module.teacher.pseudo_labels(images, view_scale=stored_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +25,10 @@ from .presets import PRESETS, palette_for
 from .samplers import EpochShuffleSampler, ResumableDataLoader, ShardSampler
 from .sources import DataSourceError, Sample, load_samples
 from .splits import PUBLISHED, published_splits_dir
+from .testbeds import build_testbed
 
-DatasetName = Literal["demo", "pascal", "cityscapes", "custom"]
+DatasetName = Literal["demo", "faces", "defects", "pascal", "cityscapes", "custom"]
+GENERATED = ("demo", "faces", "defects")  # built on first use into the cache folder
 
 
 class SemiSupervisedDataModule(L.LightningDataModule):
@@ -37,8 +40,9 @@ class SemiSupervisedDataModule(L.LightningDataModule):
     the unlabeled set, as in UniMatch.
 
     Args:
-        dataset: ``demo`` (built on first use), ``pascal``, ``cityscapes`` (class names and
-            palettes preset) or ``custom``.
+        dataset: ``demo`` (digit canvases), ``faces`` (fine-grained items) or ``defects`` (binary,
+            1-5 % foreground; :mod:`maskmatch_pl.data.testbeds`), built on first use; ``pascal``,
+            ``cityscapes`` (class names and palettes preset) or ``custom``.
         root: data root; split-file paths are relative to it (demo: the cache folder).
         split: a split name: ``labeled``/``unlabeled`` default to
             ``<splits_dir>/<split>/{labeled,unlabeled}.txt`` and ``val`` to ``<splits_dir>/val.txt``.
@@ -123,6 +127,18 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         if isinstance(split, int):
             split = str(split)  # classic VOC splits are numbers: 92, 1464
         self.save_hyperparameters(ignore=["num_classes", "class_names"])  # the model holds the resolved ones
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(
+                f"data.num_classes is {num_classes}, but a segmentation model needs at least two classes: binary data "
+                "has two, "
+                "background (0) and foreground (1). Set `data.num_classes: 2`, or `data.binary: true` and leave "
+                "num_classes out"
+            )
+        if binary and not mask_mapping and num_classes not in (None, 2):
+            raise ValueError(
+                f"data.binary: true maps every non-zero mask value to class 1, so the data has 2 classes "
+                f"(background and foreground), but data.num_classes is {num_classes}: set num_classes 2 or leave it out"
+            )
         preset = PRESETS.get(dataset)
         self.num_classes = num_classes or (2 if binary else None) or (preset.num_classes if preset else None)
         if self.num_classes is None:
@@ -134,7 +150,7 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}")
         self.palette = palette_for(self.num_classes, dataset)
-        if dataset == "demo" and split is None and labeled is None:
+        if dataset in GENERATED and split is None and labeled is None:
             self.hparams.split = "1_16"
         self.reader = SampleReader(self.num_classes, mask_mapping, binary)
         self._datasets: dict[str, Dataset] = {}
@@ -144,8 +160,8 @@ class SemiSupervisedDataModule(L.LightningDataModule):
     # ---------------------------------------------------------------- sources
     @property
     def root(self) -> Path | None:
-        if self.hparams.dataset == "demo" and self.hparams.root is None:
-            return build_demo_dataset(self.hparams.cache_dir)
+        if self.hparams.dataset in GENERATED and self.hparams.root is None:
+            return self._build_generated()
         return Path(self.hparams.root).expanduser() if self.hparams.root else None
 
     def _source(self, stage: str) -> str | Path | None:
@@ -192,7 +208,11 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         monitored = stage == "unlabeled" and self.hparams.unlabeled_masks_for_monitoring
         samples = load_samples(source, self.root, need_masks=monitored or stage in ("labeled", "val", "test"))
         if self.hparams.verify != "off":
-            values = verify_samples(self.reader, samples, decode=self.hparams.verify == "full", what=f"{stage} data")
+            # a training image must keep a pixel per side after the random rescale by scale_range's lower end
+            min_side = math.ceil(1 / self.hparams.scale_range[0] - 1e-9) if stage in ("labeled", "unlabeled") else 1
+            values = verify_samples(
+                self.reader, samples, decode=self.hparams.verify == "full", what=f"{stage} data", min_side=min_side
+            )
             if stage == "labeled":
                 check_labeled_values(values, self.num_classes, self.class_names, source)
         return samples
@@ -213,9 +233,14 @@ class SemiSupervisedDataModule(L.LightningDataModule):
             message += f". YAML reads {misread[0]} as the number {split}: quote it, split: '{misread[0]}'"
         return message
 
+    def _build_generated(self) -> Path:
+        if self.hparams.dataset == "demo":
+            return build_demo_dataset(self.hparams.cache_dir)
+        return build_testbed(self.hparams.dataset, self.hparams.cache_dir)
+
     def prepare_data(self) -> None:
-        if self.hparams.dataset == "demo" and self.hparams.root is None:
-            build_demo_dataset(self.hparams.cache_dir)
+        if self.hparams.dataset in GENERATED and self.hparams.root is None:
+            self._build_generated()
 
     def setup(self, stage: str) -> None:
         hp = self.hparams

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from ..batch import strong_keys
@@ -22,16 +22,67 @@ class DataFileError(ValueError):
     """An image or mask file cannot be used; the message names the file and the problem."""
 
 
+LOSSY_FORMATS = ("JPEG", "MPO")  # Pillow's format names of lossy files (WebP: see _lossy)
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # one channel of 16 bits (Pillow reads "I" for some)
+ROTATING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF Orientation values that swap width and height
+EXIF_ORIENTATION = 0x0112
+
+
+def _lossy(image: Image.Image, path: Path) -> bool:
+    """JPEG, or WebP without a lossless (``VP8L``) bitstream (Pillow does not say which a WebP is)."""
+    if image.format == "WEBP":
+        with open(path, "rb") as file:
+            return b"VP8L" not in file.read(4096)
+    return image.format in LOSSY_FORMATS
+
+
+def _orientation(image: Image.Image) -> int:
+    return int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
+
+
+def _as_viewers_show(image: Image.Image) -> Image.Image:
+    """The pixels as image viewers show them: turned by the file's EXIF Orientation tag, if any
+    (a phone's portrait photo is stored sideways with Orientation 6)."""
+    return ImageOps.exif_transpose(image) if _orientation(image) != 1 else image
+
+
+def _rgb(image: Image.Image, path: Path) -> np.ndarray:
+    """``H x W x 3`` uint8 RGB of any Pillow mode; 16-bit grey levels are scaled to 8 bits
+    (``v / 257``, rounded; Pillow's own conversion would clip every value above 255 to white)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        grey = np.asarray(image).astype(np.int64)
+        if grey.min(initial=0) < 0 or grey.max(initial=0) > 65535:
+            raise DataFileError(
+                f"{path}: a {image.mode} image with values outside 0..65535 ({grey.min()}..{grey.max()}); "
+                f"images must be 8-bit or 16-bit (grey or RGB)"
+            )
+        return np.repeat(np.rint(grey / 257.0).astype(np.uint8)[..., None], 3, axis=2)
+    if image.mode == "F":
+        raise DataFileError(
+            f"{path}: a floating-point image (mode F): its value range is not defined; save it as 8-bit or "
+            f"16-bit (grey or RGB)"
+        )
+    return np.asarray(image.convert("RGB"))
+
+
 class SampleReader:
-    """Reads images (RGB uint8) and masks (class indices), and checks them.
+    """Reads images (RGB uint8) and masks (class indices) as an image viewer shows them, and
+    checks them.
+
+    Images: EXIF orientation applied; any Pillow mode converted to RGB (16-bit grey scaled to 8
+    bits, alpha dropped); floating-point images refused. Masks: EXIF orientation applied too;
+    single-channel (P, L, 1, 16-bit) only, one frame; lossy files (JPEG, lossy WebP) are refused,
+    except with ``binary``, where they are thresholded at 127 (compression spreads values over
+    the edges: a 0/255 JPEG mask reads 1..254 there).
 
     ``mask_mapping`` maps stored mask values to classes (e.g. ``{255: 1}`` for 0/255 binary
-    masks); ``binary`` maps every non-zero value to 1. Afterwards every mask value must be a
-    class index below ``num_classes`` or 255 (ignore).
+    masks); ``binary`` maps every non-zero value of a lossless mask to 1. Afterwards every mask
+    value must be a class index below ``num_classes`` or 255 (ignore). Every problem raises
+    :class:`DataFileError` naming the file.
     """
 
     def __init__(self, num_classes: int, mask_mapping: dict[int, int] | None = None, binary: bool = False) -> None:
-        self.num_classes = num_classes
+        self.num_classes, self.binary = num_classes, binary
         self.lookup = np.arange(256, dtype=np.uint8)
         if binary:
             self.lookup[1:] = 1
@@ -43,67 +94,132 @@ class SampleReader:
     def image(self, path: Path) -> np.ndarray:
         try:
             with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as error:
+                return _rgb(_as_viewers_show(image), path)
+        except DataFileError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any decoder failure is "cannot read", named
             raise DataFileError(f"{path}: cannot read the image ({error})") from error
 
-    def mask(self, path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
+    def _mask_pixels(self, path: Path) -> np.ndarray:
+        with Image.open(path) as image:
+            lossy = _lossy(image, path)
+            if lossy and not self.binary:
+                raise DataFileError(
+                    f"{path}: a {image.format} mask: lossy compression changes class indices along every edge, "
+                    f"silently; save masks as PNG (for 0/255 binary masks, `data.binary: true` reads them "
+                    f"thresholded at 127)"
+                )
+            if getattr(image, "n_frames", 1) > 1:
+                raise DataFileError(f"{path}: the mask file holds {image.n_frames} frames; a mask must have one")
+            mask = np.asarray(_as_viewers_show(image))
+            mode = image.mode
+        if mode == "RGB" and mask.ndim == 3 and (mask == mask[..., :1]).all():
+            mask = mask[..., 0]  # grey levels stored as RGB (WebP always is): the values are unambiguous
+        elif mode not in ("P", "L", "I", "I;16", "I;16L", "I;16B", "1"):
+            raise DataFileError(
+                f"{path}: a mask must be a single-channel image of class indices (a PNG of mode P or L), got mode "
+                f"{mode}" + (" with colours: convert the colours to class indices first" if mode == "RGB" else "")
+            )
+        if lossy:  # binary: foreground where the stored value is closer to 255 than to 0
+            if mask.max(initial=0) <= 127 and mask.any():
+                raise DataFileError(
+                    f"{path}: a {image.format} binary mask whose values stay below 128 (a 0/1 mask saved lossy "
+                    f"cannot be told from compression noise); save it as PNG"
+                )
+            return np.where(mask > 127, 255, 0).astype(np.uint8)
+        return mask
+
+    def mask(self, path: Path, image_shape: tuple[int, ...], image_path: Path | None = None) -> np.ndarray:
         try:
-            with Image.open(path) as image:
-                if image.mode not in ("P", "L", "I", "I;16", "1"):
-                    raise DataFileError(
-                        f"{path}: a mask must be a single-channel PNG of class indices (mode P or L), "
-                        f"got mode {image.mode}"
-                    )
-                mask = np.asarray(image)
-        except (OSError, UnidentifiedImageError) as error:
+            mask = self._mask_pixels(path)
+        except DataFileError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any decoder failure is "cannot read", named
             raise DataFileError(f"{path}: cannot read the mask ({error})") from error
         if mask.shape != image_shape[:2]:
-            raise DataFileError(
+            message = (
                 f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
                 f"{image_shape[1]}x{image_shape[0]} (width x height)"
             )
+            if image_path is not None and mask.shape == tuple(image_shape[:2])[::-1]:
+                message += self._orientation_hint(image_path)
+            raise DataFileError(message)
         if mask.max(initial=0) > 255 or mask.min(initial=0) < 0:
-            raise DataFileError(f"{path}: mask values must lie in 0..255")
+            raise DataFileError(f"{path}: mask values must lie in 0..255, found {mask.min()}..{mask.max()}")
         mask = self.lookup[mask.astype(np.uint8)]
         bad = np.unique(mask[(mask >= self.num_classes) & (mask != IGNORE_INDEX)])
         if bad.size:
             raise DataFileError(
                 f"{path}: mask values {bad[:10].tolist()} are neither a class (0..{self.num_classes - 1}) nor "
-                f"{IGNORE_INDEX} (ignore); for 0/255 binary masks set `binary: true` or `mask_mapping: {{255: 1}}`"
+                f"{IGNORE_INDEX} (ignore)"
+                + (
+                    "; for 0/255 binary masks set `data.binary: true` (and num_classes 2) or "
+                    "`data.mask_mapping: {255: 1}`"
+                    if self.num_classes <= 2 and not self.binary
+                    else ""
+                )
             )
         return mask
 
+    @staticmethod
+    def _orientation_hint(image_path: Path) -> str:
+        try:
+            with Image.open(image_path) as image:
+                orientation = _orientation(image)
+        except Exception:  # noqa: BLE001 - no hint then
+            return ""
+        if orientation in ROTATING_ORIENTATIONS:
+            return (
+                f". The image's EXIF Orientation is {orientation}: it is read turned, as viewers show it, and the "
+                f"mask matches the stored, unturned pixels; draw or export the mask on the image as viewers show "
+                f"it (or strip the EXIF tag from the image, e.g. PIL.ImageOps.exif_transpose, and save it)"
+            )
+        return " (width and height are swapped: is one of the two files rotated?)"
+
     def image_size(self, path: Path) -> tuple[int, int]:
-        """``(height, width)`` from the file header, without decoding the pixels."""
+        """``(height, width)`` as viewers show the image (EXIF orientation applied), from the file
+        header, without decoding the pixels."""
         try:
             with Image.open(path) as image:
-                return image.height, image.width
-        except (OSError, UnidentifiedImageError) as error:
+                try:
+                    turned = _orientation(image) in ROTATING_ORIENTATIONS
+                except Exception:  # noqa: BLE001 - EXIF past a truncation: the decode, when used, names it
+                    turned = False
+                return (image.width, image.height) if turned else (image.height, image.width)
+        except Exception as error:  # noqa: BLE001 - any decoder failure is "cannot read", named
             raise DataFileError(f"{path}: cannot read the image ({error})") from error
 
-    def verify(self, sample: Sample, decode: bool = True) -> np.ndarray | None:
-        """Check a sample up front: the image decodes (``decode``; else its header is readable)
-        and, if it has a mask, the mask has the image's size and only class indices or 255.
-        Returns the mask's values (after mapping), or None without a mask."""
+    def verify(self, sample: Sample, decode: bool = True, min_side: int = 1) -> np.ndarray | None:
+        """Check a sample up front: the image decodes (``decode``; else its header is readable),
+        has sides of at least ``min_side`` pixels and, if it has a mask, the mask has the image's
+        size and only class indices or 255. Returns the mask's values (after mapping), or None
+        without a mask."""
         size = self.image(sample.image).shape if decode else self.image_size(sample.image)
-        return np.unique(self.mask(sample.mask, size)) if sample.mask is not None else None
+        if min(size[:2]) < min_side:
+            raise DataFileError(
+                f"{sample.image}: the image is {size[1]}x{size[0]} pixels (width x height); training rescales "
+                f"images by the lower end of data.scale_range, which leaves a side under 1 pixel: training images "
+                f"need sides of at least {min_side} pixels (raise data.scale_range's lower end, or drop the image)"
+            )
+        return np.unique(self.mask(sample.mask, size, sample.image)) if sample.mask is not None else None
 
     def pair(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         image = self.image(sample.image)
         if sample.mask is None:
             raise DataFileError(f"{sample.image}: this sample needs a mask and has none")
-        return image, self.mask(sample.mask, image.shape)
+        return image, self.mask(sample.mask, image.shape, sample.image)
 
 
-def verify_samples(reader: SampleReader, samples: Sequence[Sample], decode: bool, what: str) -> set[int]:
+def verify_samples(
+    reader: SampleReader, samples: Sequence[Sample], decode: bool, what: str, min_side: int = 1
+) -> set[int]:
     """:meth:`SampleReader.verify` every sample (a progress bar for large sets); the union of
     their mask values."""
     from tqdm.auto import tqdm
 
     values: set[int] = set()
     for sample in tqdm(samples, desc=f"checking {what}", disable=len(samples) < 2000, leave=False):
-        found = reader.verify(sample, decode)
+        found = reader.verify(sample, decode, min_side)
         if found is not None:
             values.update(found.tolist())
     return values

@@ -51,6 +51,20 @@ CITYSCAPES_CLASSES = [
     "bicycle",
 ]
 DEMO_CLASSES = ["background"] + [f"digit_{d}" for d in range(10)]
+FACES_CLASSES = [  # the OpenMoji faces of maskmatch_pl.data.testbeds, in its FACE_CODES order
+    "background",
+    "grinning",
+    "grinning_big_eyes",
+    "grinning_smiling_eyes",
+    "beaming",
+    "slightly_smiling",
+    "smiling_eyes",
+    "neutral",
+    "expressionless",
+    "no_mouth",
+    "slightly_frowning",
+]
+DEFECTS_CLASSES = ["background", "defect"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,8 @@ PRESETS: dict[str, DatasetPreset] = {
     "pascal": DatasetPreset(21, VOC_CLASSES, voc_palette(21)),
     "cityscapes": DatasetPreset(19, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE),
     "demo": DatasetPreset(11, DEMO_CLASSES, voc_palette(11)),
+    "faces": DatasetPreset(11, FACES_CLASSES, voc_palette(11)),
+    "defects": DatasetPreset(2, DEFECTS_CLASSES, voc_palette(2)),
 }
 
 

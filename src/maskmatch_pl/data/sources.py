@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+MASK_FOLDER_NAMES = ("masks", "labels", "annotations", "SegmentationClass", "gtFine")  # never read as images
 
 
 class DataSourceError(ValueError):
-    """A data source is missing, empty, or lists files that do not exist."""
+    """A data source is missing, empty, ambiguous, or lists files that do not exist."""
 
 
 @dataclass(frozen=True)
@@ -26,14 +27,58 @@ class Sample:
     mask: Path | None = None
 
 
+def _hidden(path: Path, folder: Path) -> bool:
+    """A dot-file or a file under a dot-folder of ``folder`` (``._a.jpg`` resource forks,
+    ``.ipynb_checkpoints/``, ``.git/``): never data."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files under ``folder`` (any depth), by suffix (:data:`IMAGE_SUFFIXES`, any case),
+    hidden ones skipped, sorted."""
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p, folder) and p.is_file()
+    )
+
+
+def _by_name(files: list[Path], folder: Path, what: str) -> dict[Path, Path]:
+    """``files`` keyed by their path under ``folder`` without suffix; two files with one key
+    (``a.png`` and a stale ``a.tif``) are refused with both names."""
+    found: dict[Path, Path] = {}
+    for file in files:
+        key = file.relative_to(folder).with_suffix("")
+        if key in found:
+            raise DataSourceError(
+                f"{found[key]} and {file} are both {what} named '{key}': images and masks are paired by name, so "
+                f"this pairing is ambiguous; remove or rename one of them"
+            )
+        found[key] = file
+    return found
+
+
+def _no_mask_message(image: Path, key: Path, masks_dir: Path) -> str:
+    """Why ``image`` has no mask: the folder, and files that nearly match (another suffix, another case)."""
+    message = f"{image}: no mask named '{key}' in {masks_dir}"
+    if not masks_dir.is_dir():
+        return f"{image}: no mask: {masks_dir} does not exist (a labeled folder needs images/ and masks/)"
+    near = [
+        p
+        for p in (masks_dir / key).parent.glob("*")
+        if p.is_file() and p.stem.lower() == key.name.lower() and not _hidden(p, masks_dir)
+    ]
+    if near:
+        names = ", ".join(p.name for p in near)
+        message += (
+            f"; found {names}, but masks are paired by exact name (case included) and read only from "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))} files"
+        )
+    return message
 
 
 def read_split_file(path: Path, root: Path, need_masks: bool) -> list[Sample]:
     """Samples listed in a UniMatch-style split file, paths relative to ``root``; every listed
-    file must exist."""
-    samples = []
+    file must exist, and no image may be listed twice."""
+    samples, seen = [], {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -47,31 +92,56 @@ def read_split_file(path: Path, root: Path, need_masks: bool) -> list[Sample]:
         for file in (image, mask):
             if file is not None and not file.is_file():
                 raise DataSourceError(f"{path}:{number}: {file} does not exist (data root: {root})")
+        if fields[0] in seen:
+            raise DataSourceError(
+                f"{path}:{number}: {fields[0]} is listed again (first on line {seen[fields[0]]}); each image once"
+            )
+        seen[fields[0]] = number
         samples.append(Sample(image, mask))
     return samples
 
 
 def scan_folder(folder: Path, need_masks: bool) -> list[Sample]:
-    """Samples of a folder: ``images/`` + ``masks/`` matched by stem, or a plain image folder."""
+    """Samples of a folder: ``images/`` + ``masks/`` paired by path and stem, or a plain image
+    folder (searched recursively). Hidden files and folders are skipped. Refused: two images or
+    two masks of one name, an image without its mask (when masks are needed), and a plain folder
+    that holds a mask folder (its masks would be read as images)."""
     images_dir = folder / "images"
     if not images_dir.is_dir():
         if need_masks:
             raise DataSourceError(
                 f"{folder}: a labeled folder needs 'images/' and 'masks/' subfolders (masks matched by file stem)"
             )
+        masks = next((folder / name for name in MASK_FOLDER_NAMES if (folder / name).is_dir()), None)
+        if masks is not None:
+            raise DataSourceError(
+                f"{folder} is read as a plain image folder (it has no images/ subfolder), and every image under it, "
+                f"at any depth, would train as an unlabeled image, the masks in {masks} too: put the images in "
+                f"{folder / 'images'} (masks/ beside it is then paired, not read as images), or point at the "
+                f"folder of the images alone"
+            )
         return [Sample(p) for p in _images_in(folder)]
     images = _images_in(images_dir)
     if not need_masks:
         return [Sample(p) for p in images]
     masks_dir = folder / "masks"
-    masks = {p.relative_to(masks_dir).with_suffix(""): p for p in _images_in(masks_dir)} if masks_dir.is_dir() else {}
+    by_name = _by_name(images, images_dir, "images")
+    masks = _by_name(_images_in(masks_dir), masks_dir, "masks") if masks_dir.is_dir() else {}
     samples = []
-    for image in images:
-        mask = masks.get(image.relative_to(images_dir).with_suffix(""))
+    for key, image in by_name.items():
+        mask = masks.get(key)
         if mask is None:
-            raise DataSourceError(f"{image}: no mask with the same stem in {masks_dir}")
+            raise DataSourceError(_no_mask_message(image, key, masks_dir))
         samples.append(Sample(image, mask))
-    return samples
+    orphans = sorted(set(masks) - set(by_name))
+    if orphans:
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(
+            f"{masks_dir}: {len(orphans)} masks have no image in {images_dir} and are not used "
+            f"(e.g. {', '.join(str(masks[k]) for k in orphans[:3])})"
+        )
+    return sorted(samples, key=lambda sample: sample.image)
 
 
 def load_samples(source: str | Path, root: str | Path | None, need_masks: bool) -> list[Sample]:

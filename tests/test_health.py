@@ -1,0 +1,138 @@
+"""The mask-free pseudo-label health monitor, the class-wise (FreeMatch) thresholds, and the
+faces / defects testbeds (issue 24)."""
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from maskmatch_pl import MaskMatchModule, SemiSupervisedDataModule
+from maskmatch_pl.data.testbeds import load_faces, load_textures, render_defects, render_faces, write_testbed
+from maskmatch_pl.health import PseudoLabelHealth
+from maskmatch_pl.losses import consistency_loss
+from maskmatch_pl.targets import PseudoLabels
+from maskmatch_pl.thresholds import PseudoLabelThreshold
+
+from .conftest import TINY_MODEL
+
+
+# ---------------------------------------------------------------- FreeMatch thresholds
+def test_freematch_thresholds_follow_the_papers_formula():
+    """FreeMatch (arXiv:2205.07246) eqs. 4-6 read from scratch, over pixels: EMA of the mean max
+    probability (global) and of the mean probability vector (local), both from 1/C; class
+    threshold = local / max(local) * global."""
+    torch.manual_seed(0)
+    classes, momentum = 3, 0.9
+    threshold = PseudoLabelThreshold("freematch", 0.95, classes, momentum)
+    tau, local = 1 / classes, [1 / classes] * classes
+    for _ in range(4):
+        probs = torch.randn(2, classes, 5, 4).mul(3).softmax(1)
+        got = threshold.update(probs)
+        pixels = probs.permute(0, 2, 3, 1).reshape(-1, classes).tolist()
+        tau = momentum * tau + (1 - momentum) * sum(max(p) for p in pixels) / len(pixels)
+        local = [momentum * local[c] + (1 - momentum) * sum(p[c] for p in pixels) / len(pixels) for c in range(classes)]
+        expected = [local[c] / max(local) * tau for c in range(classes)]
+        assert got.tolist() == pytest.approx(expected, rel=1e-5)
+    assert PseudoLabelThreshold("fixed", 0.7, classes).update(probs) == 0.7
+
+
+def test_class_wise_thresholds_keep_each_pixel_by_its_own_class():
+    confidence = torch.tensor([[[0.9, 0.6, 0.3, 0.5]]])
+    label = torch.tensor([[[0, 0, 1, 1]]])
+    targets = PseudoLabels(label, confidence, torch.zeros_like(label, dtype=torch.uint8))
+    assert targets.confident(torch.tensor([0.8, 0.4])).tolist() == [[[True, False, False, True]]]
+    logits = torch.randn(1, 2, 1, 4)
+    ce = torch.nn.functional.cross_entropy(logits, label, reduction="none")
+    expected = (ce[0, 0, 0] + ce[0, 0, 3]) / 4  # kept pixels summed, divided by every valid pixel
+    assert consistency_loss(logits, targets, torch.tensor([0.8, 0.4])).item() == pytest.approx(expected.item())
+
+
+# ---------------------------------------------------------------- the health monitor
+def targets_of(label, confidence):
+    return PseudoLabels(label, confidence, torch.zeros_like(label, dtype=torch.uint8))
+
+
+def small_foreground_mask(share=0.03, size=20):
+    mask = torch.zeros(2, size, size, dtype=torch.long)
+    mask.view(2, -1)[:, : int(share * size * size)] = 1
+    return mask
+
+
+def test_a_collapse_to_background_is_named_with_what_to_try():
+    health = PseudoLabelHealth(2)
+    collapsed = targets_of(torch.zeros(2, 20, 20, dtype=torch.long), torch.full((2, 20, 20), 0.99))
+    health.update(small_foreground_mask(), collapsed, 0.95)
+    problems = health.problems(["background", "defect"])
+    assert {(p.kind, p.class_name) for p in problems} == {("vanished", "defect"), ("takeover", "background")}
+    assert all("pseudo_label_threshold: freematch" in p.message for p in problems)
+    healthy = PseudoLabelHealth(2)
+    healthy.update(small_foreground_mask(), targets_of(small_foreground_mask(), torch.full((2, 20, 20), 0.99)), 0.95)
+    assert healthy.problems(["background", "defect"]) == []
+
+
+def test_shares_fractions_and_flip_agreement_are_counted_per_class():
+    health = PseudoLabelHealth(3)
+    label = torch.tensor([[[0, 0, 1, 2]]])
+    confidence = torch.tensor([[[0.9, 0.5, 0.9, 0.9]]])
+    health.update(torch.tensor([[[0, 1, 1, 255]]]), targets_of(label, confidence), 0.8, torch.tensor([[[0, 1, 1, 0]]]))
+    values = health.compute()
+    assert values["labeled_share"].tolist() == pytest.approx([1 / 3, 2 / 3, 0])
+    assert values["confident_share"].tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+    assert values["confident_fraction"].tolist() == pytest.approx([0.5, 1, 1])
+    assert values["flip_agreement"].item() == pytest.approx(2 / 4)  # pixels 0 and 2 keep their label
+    assert values["flip_agreement_confident"].item() == pytest.approx(2 / 3)
+
+
+def always_background(images, scales=None, view_scale=None):
+    """A teacher sure that every pixel is background, at every scale: a constructed collapse."""
+    probs = torch.zeros(images.shape[0], 11, *images.shape[-2:])
+    probs[:, 0] = 1.0
+    return [probs for _ in scales or [1.0]]
+
+
+def test_the_module_warns_and_logs_a_constructed_collapse_without_masks(demo_cache):
+    torch.manual_seed(0)
+    model = MaskMatchModule(**TINY_MODEL, num_classes=11, masked_weight=0, pseudo_label_scales=[1.0], health_every=1)
+    model.teacher.scale_probabilities = always_background
+    data = SemiSupervisedDataModule(
+        dataset="demo", cache_dir=str(demo_cache), crop_size=32, batch_size=2, num_workers=0
+    )  # no monitoring masks: the health monitor needs none
+    trainer = L.Trainer(
+        max_steps=2, limit_val_batches=1, val_check_interval=2, logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"pseudo-label health at step 2: class '\d' has vanished"):
+        trainer.fit(model, datamodule=data)
+    logged = trainer.callback_metrics
+    assert logged["pl_vanished"] >= 1 and logged["pl_takeover"] == 1
+    assert logged["health/confident_share_0"] == 1.0 and logged["health/flip_agreement"] == 1.0
+
+
+# ---------------------------------------------------------------- the testbeds
+@pytest.mark.parametrize("name", ["faces", "defects"])
+def test_testbeds_are_deterministic_and_their_masks_match_the_images(tmp_path, name):
+    textures = load_textures()
+    if name == "faces":
+        faces = load_faces()
+
+        def render(rng):
+            return render_faces(faces, textures, rng)
+    else:
+
+        def render(rng):
+            return render_defects(textures, rng)
+
+    for copy in ("a", "b"):
+        write_testbed(tmp_path / copy, render, seed=3, train_images=6, val_images=2)
+    for path in sorted((tmp_path / "a").rglob("*.*")):
+        assert path.read_bytes() == (tmp_path / "b" / path.relative_to(tmp_path / "a")).read_bytes(), path
+    for index in range(6):
+        image, mask = render(np.random.default_rng([3, index, False]))
+        labels = set(np.unique(mask).tolist()) - {255}
+        assert labels - {0} and labels <= set(range(11 if name == "faces" else 2))
+        foreground = mask == max(labels)
+        background = mask == 0
+        # items are drawn over the background: their pixels differ from the background's on average
+        assert abs(image[foreground].mean() - image[background].mean()) > 3
+        if name == "defects":
+            assert 0.01 <= (mask == 1).mean() <= 0.05

@@ -1,0 +1,154 @@
+"""Resume from any checkpoint equals the unbroken run step for step: checkpoints taken every few
+training steps with an EMA teacher, a network with dropout, and a fit preempted by SIGTERM."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maskmatch_pl import MaskMatchModule, SemiSupervisedDataModule
+from maskmatch_pl.cli import main
+from maskmatch_pl.preemption import PreemptionCheckpoint
+
+from .conftest import TINY_MODEL, tiny_model_args
+from .recorders import RecordLosses
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+STEPS = 6
+SETUPS = {
+    # conf_threshold 0: every pixel's pseudo-label counts, so a teacher one update behind shows in the loss
+    "ema": ["--model.teacher=ema", "--model.conf_threshold=0"],
+    # the FPN's decoder dropout (the shipped demo network has one) draws random numbers every step
+    "dropout": [
+        "--model.arch=FPN",
+        "--model.model_kwargs={decoder_pyramid_channels: 32, decoder_segmentation_channels: 32, decoder_dropout: 0.5}",
+        "--model.conf_threshold=0",
+    ],
+}
+
+
+class SigtermAt(RecordLosses):
+    """Records the losses as :class:`RecordLosses` and sends its own process SIGTERM during
+    optimiser step ``at`` (1-based), as a scheduler ending the job would."""
+
+    def __init__(self, path: str, at: int) -> None:
+        super().__init__(path, stop_at=-1)
+        self.at = at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step + 1 == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.on_train_end(trainer, pl_module)
+
+
+def fit_args(root: Path, cache: Path, setup: str, *extra: str) -> list[str]:
+    """A tiny ``fit`` on the demo data that saves a checkpoint every 2 training steps."""
+    return [
+        "fit",
+        "--config",
+        "configs/demo.yaml",
+        *tiny_model_args(),
+        *SETUPS[setup],
+        f"--data.cache_dir={cache}",
+        "--data.num_workers=0",
+        "--data.batch_size=2",
+        "--data.crop_size=32",
+        f"--trainer.max_steps={STEPS}",
+        "--trainer.limit_val_batches=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.accelerator=cpu",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.save_dir={root}",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.every_n_train_steps=2",
+        "--trainer.callbacks.save_top_k=-1",
+        "--trainer.callbacks.filename=step{step}",
+        "--trainer.callbacks.auto_insert_metric_name=false",
+        *extra,
+    ]
+
+
+def losses_of(root: Path, cache: Path, setup: str, *extra: str) -> dict[int, float]:
+    """``{global step: loss}`` of a fit run in this process."""
+    record = root / "losses"
+    recorder = ["--trainer.callbacks+=tests.recorders.RecordLosses", f"--trainer.callbacks.path={record}"]
+    main(fit_args(root, cache, setup, *recorder, *extra))
+    return read(record)
+
+
+def read(record: Path) -> dict[int, float]:
+    return {int(step): loss for step, loss in json.loads(record.with_suffix(".rank0.json").read_text()).items()}
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, demo_cache):
+    """The unbroken runs, one per setup, and the folders that hold their checkpoints."""
+    runs = {}
+    for setup in SETUPS:
+        root = tmp_path_factory.mktemp(f"straight_{setup}")
+        runs[setup] = losses_of(root, demo_cache, setup), root
+    return runs
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_resume_from_step_checkpoints_matches_the_unbroken_run(setup, straight, tmp_path, demo_cache):
+    losses, root = straight[setup]
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    for step in (2, 4) if setup == "ema" else (2,):
+        ckpt = next(root.rglob(f"step{step}.ckpt"))
+        resumed = losses_of(tmp_path / f"from{step}", demo_cache, setup, f"--ckpt_path={ckpt}")
+        assert resumed == {s: losses[s] for s in range(step + 1, STEPS + 1)}, f"resumed from step {step}"
+
+
+def test_sigterm_saves_exits_non_zero_and_resumes_exactly(straight, tmp_path, demo_cache):
+    losses, _ = straight["dropout"]
+    root, record = tmp_path / "preempted", tmp_path / "preempted" / "losses"
+    at = ["--trainer.callbacks+=tests.test_resume.SigtermAt", f"--trainer.callbacks.path={record}"]
+    args = fit_args(root, demo_cache, "dropout", *at, "--trainer.callbacks.at=3")
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    result = subprocess.run(
+        [sys.executable, "-m", "maskmatch_pl.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 143, result.stderr[-3000:]
+    ckpt = next(root.rglob("preempted.ckpt"))
+    assert str(ckpt) in result.stdout + result.stderr
+    assert read(record) == {s: losses[s] for s in (1, 2, 3)}  # it stopped after the step that got the signal
+    resumed = losses_of(tmp_path / "resumed", demo_cache, "dropout", f"--ckpt_path={ckpt}")
+    assert resumed == {s: losses[s] for s in range(4, STEPS + 1)}
+
+
+def test_sigterm_in_a_trainer_of_ones_own_waits_for_the_accumulated_step(tmp_path, demo_cache):
+    import lightning as L
+
+    L.seed_everything(0)
+    module = MaskMatchModule(**TINY_MODEL, num_classes=11, mask_patch_size=8)
+    data = SemiSupervisedDataModule(
+        dataset="demo", split="1_16", cache_dir=str(demo_cache), crop_size=32, batch_size=2, num_workers=0
+    )
+    trainer = L.Trainer(
+        max_steps=STEPS,
+        accumulate_grad_batches=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[PreemptionCheckpoint(), SigtermAt(str(tmp_path / "losses"), at=2)],
+    )
+    with pytest.raises(SystemExit) as stopped:
+        trainer.fit(module, data)
+    # the signal came in step 2's first micro-batch: the fit stops once that step is done
+    assert stopped.value.code == 143 and trainer.global_step == 2
+    assert (tmp_path / "checkpoints" / "preempted.ckpt").is_file()  # <trainer.log_dir>/checkpoints
