@@ -78,7 +78,7 @@ CORE = [
     "unimatch+maskmatch",
 ]
 CEILING = "supervised-all-labels"  # trained once per seed on every label ("full"), shown in every column
-RATIOS = {"1_16": 1 / 16, "1_8": 1 / 8, "1_4": 1 / 4}
+RATIOS = {"1_64": 1 / 64, "1_16": 1 / 16, "1_8": 1 / 8, "1_4": 1 / 4}
 PSEUDO = ("pseudo/mIoU", "pseudo_single_scale/mIoU", "pseudo/acc_confident", "pseudo/confident_fraction")
 
 

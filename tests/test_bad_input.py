@@ -36,7 +36,7 @@ def test_labeled_masks_that_are_all_ignore_are_refused(tmp_path):
     root = make_binary_folders(tmp_path)
     for path in (root / "labeled" / "masks").iterdir():
         Image.fromarray(np.full((48, 56), 255, np.uint8), mode="L").save(path)
-    with pytest.raises(DataFileError, match="every labeled mask is all 255"):
+    with pytest.raises(DataFileError, match="every mask is all 255"):
         custom(root, num_classes=2).setup("fit")
 
 

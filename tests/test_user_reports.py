@@ -41,6 +41,32 @@ def test_a_binary_jpeg_mask_is_thresholded_not_read_as_foreground_noise(tmp_path
         SampleReader(num_classes=2, mask_mapping={255: 1}).mask(path, (64, 64, 3))
 
 
+def test_lossy_webp_and_jpeg_tiff_binary_masks_are_thresholded_and_lossless_webp_is_told_apart(tmp_path):
+    reader = SampleReader(num_classes=2, binary=True)
+    lossy = save(tmp_path / "m.webp", square_mask(), "L", quality=75)
+    assert int((reader.mask(lossy, (64, 64, 3)) == 1).sum()) == 21 * 21
+    tiff = save(tmp_path / "m.tif", np.repeat(square_mask()[..., None], 3, 2), compression="jpeg")
+    with pytest.raises(DataFileError, match=r"m.tif: a TIFF mask: lossy"):
+        SampleReader(num_classes=2).mask(tiff, (64, 64, 3))
+    profile = bytes(range(256)) * 24  # a 6 KB ICC profile puts the bitstream chunk past the first 4 KB
+    indexed = np.where(square_mask() > 0, 1, 0).astype(np.uint8)
+    lossless = save(tmp_path / "icc.webp", indexed, "L", lossless=True, icc_profile=profile)
+    assert int((SampleReader(num_classes=2).mask(lossless, (64, 64, 3)) == 1).sum()) == 21 * 21
+
+
+def test_val_masks_of_only_0_and_255_are_refused_like_labeled_ones(tmp_path):
+    square = np.zeros((16, 16), np.uint8)
+    square[4:9, 4:9] = 255
+    labeled = labeled_folder(tmp_path / "labeled", names=("a", "b"))
+    for name in ("a", "b"):
+        save(labeled / "masks" / f"{name}.png", square // 255, "L")
+    val = labeled_folder(tmp_path / "val", names=("v",))
+    save(val / "masks" / "v.png", square, "L")
+    data = SemiSupervisedDataModule(dataset="custom", num_classes=2, labeled=str(labeled), val=str(val), num_workers=0)
+    with pytest.raises(DataFileError, match=r"val.*hold only 0 and 255.*data.binary: true"):
+        data.setup("validate")
+
+
 def test_lossy_webp_and_multi_frame_masks_are_refused_by_name(tmp_path):
     lossy = save(tmp_path / "m.webp", square_mask(), "L", quality=50)
     with pytest.raises(DataFileError, match=r"m.webp: a WEBP mask: lossy"):
@@ -169,9 +195,10 @@ def evaluate(model, root, val_batch_size):
     return metrics, predictions
 
 
-def test_miou_and_predictions_do_not_depend_on_the_batch(tmp_path):
+@pytest.mark.parametrize("mode", ["original", "center_crop", "sliding_window"])
+def test_miou_and_predictions_do_not_depend_on_the_batch(tmp_path, mode):
     torch.manual_seed(0)
-    model = MaskMatchModule(**TINY_MODEL, num_classes=4)
+    model = MaskMatchModule(**TINY_MODEL, num_classes=4, eval_mode=mode, eval_crop_size=48)
     root = unequal_val_set(tmp_path / "val")
     one, predicted_one = evaluate(model, root, 1)
     three, predicted_three = evaluate(model, root, 3)
@@ -186,7 +213,8 @@ def test_miou_and_predictions_do_not_depend_on_the_batch(tmp_path):
             intersection[c] += ((labels.numpy() == c) & (truth == c)).sum()
             union[c] += ((labels.numpy() == c) | (truth == c)).sum()
     present = union > 0
-    assert np.isclose(one["val/mIoU"], (intersection[present] / union[present]).mean(), atol=1e-6)
+    if mode != "center_crop":  # (predict covers the whole image; the centre crop scores its centre)
+        assert np.isclose(one["val/mIoU"], (intersection[present] / union[present]).mean(), atol=1e-6)
 
 
 def test_classes_in_neither_truth_nor_prediction_are_left_out_of_the_mean():
@@ -262,6 +290,8 @@ def test_one_class_is_refused_with_the_two_classes_of_binary_data():
     with pytest.raises(ValueError, match=r"binary: true .* 2 classes .* but data.num_classes is 3"):
         SemiSupervisedDataModule(dataset="custom", num_classes=3, binary=True)
     assert SemiSupervisedDataModule(dataset="custom", binary=True).num_classes == 2  # the suggested fix works
+    with pytest.raises(ValueError, match=r"num_classes is 1, but segmentation needs two classes"):
+        MaskMatchModule(**TINY_MODEL, num_classes=1)
 
 
 def test_palette_masks_are_read_as_their_indices_not_their_colours(tmp_path):

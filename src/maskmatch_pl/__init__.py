@@ -8,10 +8,10 @@ from .batch import BatchFormatError, check_batch  # noqa: E402
 from .cutmix import cutmix, cutmix_boxes, partner_indices, paste  # noqa: E402
 from .data import SemiSupervisedDataModule, build_demo_dataset  # noqa: E402
 from .evaluation import EvalProtocol, predict_probabilities, sliding_window_probabilities  # noqa: E402
+from .health import PseudoLabelHealth  # noqa: E402
 from .losses import LossWeights, SupervisedLoss, consistency_loss, ohem_cross_entropy  # noqa: E402
 from .masking import PatchMasking, apply_patch_mask, masked_view, random_patch_mask  # noqa: E402
 from .module import MaskMatchModule  # noqa: E402
-from .health import PseudoLabelHealth  # noqa: E402
 from .monitoring import PseudoLabelMonitor  # noqa: E402
 from .multiscale import (  # noqa: E402
     fuse_probabilities,

@@ -215,6 +215,11 @@ class MaskMatchModule(L.LightningModule):
             )
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if num_classes < 2:
+            raise ValueError(
+                f"num_classes is {num_classes}, but segmentation needs two classes at least: binary data has two, "
+                "background (0) and foreground (1)"
+            )
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
         self.weights = LossWeights(
@@ -257,6 +262,7 @@ class MaskMatchModule(L.LightningModule):
             raise ValueError(f"health_every must be >= 0, got {health_every}")
         self.health, self.health_every = PseudoLabelHealth(num_classes), health_every
         self._seed = 0
+        self._restored_seed: int | None = None  # the run's seed, from a checkpoint being resumed
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Student logits ``B x C x H x W`` for normalised ``B x 3 x H x W`` images."""
@@ -264,6 +270,25 @@ class MaskMatchModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """The step (:meth:`_step`) with the global RNG, which dropout draws from and no checkpoint
+        holds, seeded from (seed, rank, step, micro-batch) and put back afterwards (``initial_seed``
+        included): a resumed run draws what the unbroken one did, from any checkpoint."""
+        devices = [self.device] if self.device.type == "cuda" else []  # the CPU generator is always forked
+        with torch.random.fork_rng(devices, device_type="cuda"):
+            torch.manual_seed(hash((self._seed, self.global_rank, self.global_step, batch_idx)) & 0x7FFF_FFFF_FFFF_FFFF)
+            try:
+                return self._step(batch, batch_idx)
+            except ValueError as error:
+                if "Expected more than 1 value per channel" not in str(error):
+                    raise
+                raise ValueError(
+                    f"{error}: a normalisation layer saw one value per channel, as BatchNorm after a global pooling "
+                    f"(DeepLabV3+'s ASPP) does with one image per process: use data.batch_size and "
+                    f"data.unlabeled_batch_size of 2 or more"
+                ) from error
+
+    def _step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """One training step, as the paper's algorithm (see the class docstring)."""
         labeled, unlabeled = self._checked(batch, batch_idx)
         if unlabeled is None:  # the supervised baseline needs no unlabeled loader
             return self._total({"sup": self.sup_loss(self.network(labeled["image"]), labeled["mask"])}, labeled)
@@ -397,7 +422,7 @@ class MaskMatchModule(L.LightningModule):
         return total
 
     def on_fit_start(self) -> None:
-        self._seed = torch.initial_seed()
+        self._seed = self._restored_seed if self._restored_seed is not None else torch.initial_seed()
 
     def on_train_start(self) -> None:
         self.teacher.last_step = self.global_step  # a checkpoint's EMA weights already follow its step
@@ -410,17 +435,6 @@ class MaskMatchModule(L.LightningModule):
                 "or set the unlabeled weights to 0 for the supervised baseline"
             )
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Dropout draws from the global RNG, which no checkpoint holds: each batch draws from it seeded by
-        # (seed, rank, step, batch), and the global state (initial_seed included) is put back after the batch.
-        devices = [self.device] if self.device.type == "cuda" else []  # the CPU generator is always forked
-        self._batch_rng = torch.random.fork_rng(devices, device_type="cuda")
-        self._batch_rng.__enter__()
-        torch.manual_seed(hash((self._seed, self.global_rank, self.global_step, batch_idx)) & 0x7FFF_FFFF_FFFF_FFFF)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._batch_rng.__exit__(None, None, None)
-
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimiser step, then the EMA teacher's update: inside the step (once per step, whatever
         the gradient accumulation), so that a checkpoint taken after the step holds the teacher of
@@ -428,8 +442,13 @@ class MaskMatchModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         self.teacher.update(self.network, self.global_step + 1)  # Lightning counts the step after this hook
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["maskmatch_seed"] = self._seed  # CutMix, masks and dropout follow it: a resume keeps it
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another network or class count with a message, not a size-mismatch traceback."""
+        """Refuse a checkpoint of another network or class count with a message, not a size-mismatch
+        traceback; keep the run's seed for a resume."""
+        self._restored_seed = checkpoint.get("maskmatch_seed")
         theirs = checkpoint.get("hyper_parameters", {})
         different = [
             f"{key}: checkpoint {theirs[key]!r} vs this model {self.hparams.get(key)!r}"
@@ -450,24 +469,29 @@ class MaskMatchModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ evaluation
-    def _unpadded_probabilities(self, batch: dict[str, Any], whole: bool = False) -> Iterator[tuple[list[int], Any]]:
-        """``(indices, probabilities)`` per group of equally sized images of the batch, each
-        group predicted at its own size (:func:`~maskmatch_pl.evaluation.size_groups`): the
-        result does not depend on the batch size. A failure names the images."""
+    def _unpadded_probabilities(
+        self, batch: dict[str, Any], whole: bool = False
+    ) -> Iterator[tuple[list[int], int, int, torch.Tensor]]:
+        """``(indices, height, width, probabilities)`` per group of equally sized images of the
+        batch, each group predicted at its own size (:func:`~maskmatch_pl.evaluation.size_groups`):
+        the result does not depend on the batch size. A failure names the images."""
         for indices, height, width in size_groups(batch):
             images = batch["image"][indices, :, :height, :width]
             try:
-                yield indices, self.eval_protocol.probabilities(self.network, images, whole=whole)
+                probs = self.eval_protocol.probabilities(self.network, images, whole=whole)
+            except torch.OutOfMemoryError:
+                raise
             except (RuntimeError, ValueError) as error:
                 names = [batch["name"][i] for i in indices] if batch.get("name") else indices
                 raise RuntimeError(f"{names}: the network failed on these {width}x{height} images: {error}") from error
+            yield indices, height, width, probs
 
     def _evaluate(self, batch: dict[str, Any], batch_idx: int, metric: MulticlassConfusionMatrix, stage: str) -> None:
         check_batch(
             batch, stage, label_maps=("mask",), num_classes=self.hparams.num_classes, check_values=batch_idx == 0
         )
-        for indices, probs in self._unpadded_probabilities(batch):
-            masks = batch["mask"][indices, : probs.shape[-2], : probs.shape[-1]]
+        for indices, height, width, probs in self._unpadded_probabilities(batch):
+            masks = batch["mask"][indices, :height, :width]  # the images' own masks, then the protocol's region
             metric.update(probs.argmax(1), self.eval_protocol.region(masks))
 
     def _log_iou(self, metric: MulticlassConfusionMatrix, stage: str) -> None:
@@ -536,6 +560,6 @@ class MaskMatchModule(L.LightningModule):
         own size (batch padding) are 255. A centre-crop protocol is applied as ``original``."""
         images = batch["image"]
         labels = torch.full((images.shape[0], *images.shape[-2:]), IGNORE_INDEX, dtype=torch.long, device=images.device)
-        for indices, probs in self._unpadded_probabilities(batch, whole=True):
-            labels[indices, : probs.shape[-2], : probs.shape[-1]] = probs.argmax(1)
+        for indices, height, width, probs in self._unpadded_probabilities(batch, whole=True):
+            labels[indices, :height, :width] = probs.argmax(1)
         return labels

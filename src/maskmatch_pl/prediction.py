@@ -9,8 +9,9 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
-from PIL import Image, ImageOps
+from PIL import Image
 
+from .data.datasets import SampleReader
 from .palettes import colorize, voc_palette
 
 
@@ -155,5 +156,5 @@ class PredictionWriter(BasePredictionWriter):
             paths[0].parent.mkdir(parents=True, exist_ok=True)
             coloured.save(paths[0])
             if self.overlay:
-                with Image.open(name) as source:  # turned as viewers show it, as the prediction was made
-                    overlay(ImageOps.exif_transpose(source), coloured).save(paths[1])
+                source = Image.fromarray(SampleReader(1).image(Path(name)))  # read as the prediction's input was
+                overlay(source, coloured).save(paths[1])

@@ -50,14 +50,27 @@ class PreemptionCheckpoint(L.Callback):
             dirpath = os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints")
         return os.path.join(dirpath, f"{self.filename}.ckpt")
 
+    def _hold(self, trainer: L.Trainer, hold: bool) -> None:
+        """Keep a received SIGTERM from Lightning while ``hold``, give it back after (Lightning 2.x internals)."""
+        connector = trainer._signal_connector
+        if hold and (connector.received_sigterm or self._deferred):
+            connector.received_sigterm, self._deferred = False, True
+        elif not hold and self._deferred:
+            connector.received_sigterm, self._deferred = True, False
+
     def on_train_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
         # Lightning stops after any micro-batch, but no checkpoint holds the gradients accumulated so far:
-        # under gradient accumulation the signal waits for the end of the optimiser step (Lightning 2.x internals)
-        connector = trainer._signal_connector
-        if connector.received_sigterm and trainer.fit_loop._should_accumulate():
-            connector.received_sigterm, self._deferred = False, True
-        elif self._deferred:
-            connector.received_sigterm, self._deferred = True, False
+        # under gradient accumulation the signal waits for the end of the optimiser step
+        self._hold(trainer, trainer.fit_loop._should_accumulate())
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        # a checkpoint taken mid-validation would resume with part of the val set scored: wait for its end
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._hold(trainer, True)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._hold(trainer, False)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
@@ -67,7 +80,8 @@ class PreemptionCheckpoint(L.Callback):
         path = self.path(trainer)
         trainer.save_checkpoint(path)
         rank_zero_info(
-            f"SIGTERM: saved the fit at step {trainer.global_step} to {path}; resume it with --ckpt_path {path} "
+            f"SIGTERM: saved the fit at step {trainer.global_step} to {path}; resume it by running the same command "
+            f"with --ckpt_path {path} "
             f"(exit code {self.exit_code})"
         )
         exception.code = self.exit_code  # Lightning re-raises this SystemExit once the callbacks have run

@@ -213,8 +213,8 @@ class SemiSupervisedDataModule(L.LightningDataModule):
             values = verify_samples(
                 self.reader, samples, decode=self.hparams.verify == "full", what=f"{stage} data", min_side=min_side
             )
-            if stage == "labeled":
-                check_labeled_values(values, self.num_classes, self.class_names, source)
+            if stage in ("labeled", "val", "test"):
+                check_labeled_values(values, self.num_classes, self.class_names, source, warn_absent=stage == "labeled")
         return samples
 
     def _missing_split(self, source: Path) -> str:

@@ -28,11 +28,30 @@ ROTATING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF Orientation values that swap width 
 EXIF_ORIENTATION = 0x0112
 
 
+def _webp_bitstream(path: Path) -> bytes:
+    """The fourcc of a WebP file's first image chunk (``VP8 `` lossy, ``VP8L`` lossless), found by
+    walking the RIFF chunks (``VP8X``, ``ICCP``, ``ANIM``, ``ALPH``, ... may come first)."""
+    with open(path, "rb") as file:
+        data = file.read()
+    offset = 12  # after "RIFF" <size> "WEBP"
+    while offset + 8 <= len(data):
+        fourcc, size = data[offset : offset + 4], int.from_bytes(data[offset + 4 : offset + 8], "little")
+        if fourcc in (b"VP8 ", b"VP8L"):
+            return fourcc
+        if fourcc == b"ANMF":  # an animation frame wraps its image chunks after a 16-byte header
+            offset += 8 + 16
+            continue
+        offset += 8 + size + (size & 1)
+    return b""
+
+
 def _lossy(image: Image.Image, path: Path) -> bool:
-    """JPEG, or WebP without a lossless (``VP8L``) bitstream (Pillow does not say which a WebP is)."""
+    """JPEG, a TIFF compressed with JPEG (or WebP), or a WebP whose bitstream is not lossless
+    (Pillow does not say which a WebP is)."""
     if image.format == "WEBP":
-        with open(path, "rb") as file:
-            return b"VP8L" not in file.read(4096)
+        return _webp_bitstream(path) != b"VP8L"
+    if image.format == "TIFF":
+        return str(image.info.get("compression", "")).lower() in ("jpeg", "tiff_jpeg", "webp")
     return image.format in LOSSY_FORMATS
 
 
@@ -111,8 +130,10 @@ class SampleReader:
                 )
             if getattr(image, "n_frames", 1) > 1:
                 raise DataFileError(f"{path}: the mask file holds {image.n_frames} frames; a mask must have one")
-            mask = np.asarray(_as_viewers_show(image))
-            mode = image.mode
+            oriented = _as_viewers_show(image)
+            if lossy and oriented.mode not in ("L", "P", "1"):
+                oriented = oriented.convert("L")  # a lossy decode of a grey mask spreads it over R, G and B
+            mask, mode = np.asarray(oriented), oriented.mode
         if mode == "RGB" and mask.ndim == 3 and (mask == mask[..., :1]).all():
             mask = mask[..., 0]  # grey levels stored as RGB (WebP always is): the values are unambiguous
         elif mode not in ("P", "L", "I", "I;16", "I;16L", "I;16B", "1"):
@@ -171,8 +192,9 @@ class SampleReader:
         if orientation in ROTATING_ORIENTATIONS:
             return (
                 f". The image's EXIF Orientation is {orientation}: it is read turned, as viewers show it, and the "
-                f"mask matches the stored, unturned pixels; draw or export the mask on the image as viewers show "
-                f"it (or strip the EXIF tag from the image, e.g. PIL.ImageOps.exif_transpose, and save it)"
+                f"mask matches the stored, unturned pixels. Draw or export the mask on the image as viewers show "
+                f"it, or delete the image's Orientation tag without turning its pixels (Pillow: "
+                f"exif = im.getexif(); del exif[0x0112]; im.save(path, exif=exif))"
             )
         return " (width and height are swapped: is one of the two files rotated?)"
 
@@ -225,19 +247,22 @@ def verify_samples(
     return values
 
 
-def check_labeled_values(values: set[int], num_classes: int, class_names: Sequence[str], source: Any) -> None:
-    """Refuse labeled masks with nothing to learn (all 255, or only 0 and 255: binary masks read
-    as background + ignore); warn about classes that no labeled mask holds."""
+def check_labeled_values(
+    values: set[int], num_classes: int, class_names: Sequence[str], source: Any, warn_absent: bool = True
+) -> None:
+    """Refuse masks (labeled, val or test) with nothing to learn or score (all 255, or only 0 and
+    255: binary masks read as background + ignore); with ``warn_absent``, warn about classes that
+    no mask holds."""
     if values <= {IGNORE_INDEX}:
-        raise DataFileError(f"{source}: every labeled mask is all {IGNORE_INDEX} (ignore): no pixel to learn from")
+        raise DataFileError(f"{source}: every mask is all {IGNORE_INDEX} (ignore): no pixel to learn from or score")
     if values == {0, IGNORE_INDEX}:
         raise DataFileError(
-            f"{source}: the labeled masks hold only 0 and 255, and 255 means 'ignore': the foreground would "
-            f"never be learned. For binary masks (255 = foreground) set `data.binary: true` or "
+            f"{source}: the masks hold only 0 and 255, and 255 means 'ignore': the foreground would never be "
+            f"learned or scored. For binary masks (255 = foreground) set `data.binary: true` or "
             f"`data.mask_mapping: {{255: 1}}`"
         )
     absent = [name for index, name in enumerate(class_names) if index not in values]
-    if absent:
+    if absent and warn_absent:
         rank_zero_warn(
             f"{source}: classes {absent} occur in no labeled mask (num_classes is {num_classes}); the model "
             f"can only learn them from pseudo-labels, if at all. Is num_classes right?"

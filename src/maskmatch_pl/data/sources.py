@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-MASK_FOLDER_NAMES = ("masks", "labels", "annotations", "SegmentationClass", "gtFine")  # never read as images
+MASK_FOLDER_NAMES = {  # lower-case names of folders of masks, whose files must never be read as images
+    "masks", "mask", "labels", "label", "annotations", "gt", "gtfine", "segmentationclass", "segmentationclassaug",
+}  # fmt: skip
 
 
 class DataSourceError(ValueError):
@@ -92,11 +94,12 @@ def read_split_file(path: Path, root: Path, need_masks: bool) -> list[Sample]:
         for file in (image, mask):
             if file is not None and not file.is_file():
                 raise DataSourceError(f"{path}:{number}: {file} does not exist (data root: {root})")
-        if fields[0] in seen:
+        key = image.resolve()
+        if key in seen:
             raise DataSourceError(
-                f"{path}:{number}: {fields[0]} is listed again (first on line {seen[fields[0]]}); each image once"
+                f"{path}:{number}: {fields[0]} is listed again (first on line {seen[key]}); each once"
             )
-        seen[fields[0]] = number
+        seen[key] = number
         samples.append(Sample(image, mask))
     return samples
 
@@ -112,11 +115,11 @@ def scan_folder(folder: Path, need_masks: bool) -> list[Sample]:
             raise DataSourceError(
                 f"{folder}: a labeled folder needs 'images/' and 'masks/' subfolders (masks matched by file stem)"
             )
-        masks = next((folder / name for name in MASK_FOLDER_NAMES if (folder / name).is_dir()), None)
+        masks = next((p for p in sorted(folder.rglob("*")) if p.name.lower() in MASK_FOLDER_NAMES and p.is_dir()), None)
         if masks is not None:
             raise DataSourceError(
                 f"{folder} is read as a plain image folder (it has no images/ subfolder), and every image under it, "
-                f"at any depth, would train as an unlabeled image, the masks in {masks} too: put the images in "
+                f"at any depth, would be used as an image, the masks in {masks} too: put the images in "
                 f"{folder / 'images'} (masks/ beside it is then paired, not read as images), or point at the "
                 f"folder of the images alone"
             )

@@ -28,9 +28,14 @@ from PIL import Image, ImageFilter
 from .demo import build_once, default_cache_dir
 from .presets import voc_palette
 
-TESTBED_VERSION = "v1"
+TESTBED_VERSION = "v2"
 TRAIN_IMAGES, VAL_IMAGES, SIZE = 1600, 250, 96
-LABELED_COUNTS = {"1_16": TRAIN_IMAGES // 16, "1_8": TRAIN_IMAGES // 8, "full": TRAIN_IMAGES}
+LABELED_COUNTS = {
+    "1_64": TRAIN_IMAGES // 64,
+    "1_16": TRAIN_IMAGES // 16,
+    "1_8": TRAIN_IMAGES // 8,
+    "full": TRAIN_IMAGES,
+}
 FACE_CODES = {  # OpenMoji file names (Unicode code points) of the ten classes
     "grinning": "1F600",
     "grinning_big_eyes": "1F603",
