@@ -41,6 +41,16 @@ def test_a_binary_jpeg_mask_is_thresholded_not_read_as_foreground_noise(tmp_path
         SampleReader(num_classes=2, mask_mapping={255: 1}).mask(path, (64, 64, 3))
 
 
+def test_anti_aliased_binary_png_masks_split_their_edges_at_half(tmp_path):
+    smooth = np.asarray(Image.fromarray(square_mask()).resize((32, 32), Image.BILINEAR))
+    assert len(np.unique(smooth)) > 2  # edge values between 0 and 255
+    save(tmp_path / "aa.png", smooth, "L")
+    read = SampleReader(num_classes=2, binary=True).mask(tmp_path / "aa.png", (32, 32, 3))
+    assert np.array_equal(read, (smooth > 127.5).astype(np.uint8))
+    save(tmp_path / "01.png", (square_mask() > 0).astype(np.uint8), "L")
+    assert int(SampleReader(num_classes=2, binary=True).mask(tmp_path / "01.png", (64, 64, 3)).sum()) == 441
+
+
 def test_lossy_webp_and_jpeg_tiff_binary_masks_are_thresholded_and_lossless_webp_is_told_apart(tmp_path):
     reader = SampleReader(num_classes=2, binary=True)
     lossy = save(tmp_path / "m.webp", square_mask(), "L", quality=75)

@@ -66,7 +66,8 @@ class PseudoLabelMonitor(nn.Module):
         """Metrics since the last :meth:`reset`, keyed ``<name>/<metric>``: ``acc`` and
         ``mIoU`` (all valid pixels), ``acc_confident`` and ``mIoU_confident`` (confident
         pixels only), ``confident_fraction`` and ``confident_fraction_<class>`` (share of the
-        valid pixels of each true class that are confident), ``acc_confident_<class>`` (share of
+        valid pixels of each true class that are confident), ``recall_confident_<class>`` (share
+        of them that are confident and pseudo-labelled right), ``acc_confident_<class>`` (share of
         the confident pixels pseudo-labelled ``<class>`` that truly are). mIoU averages the
         classes present."""
         names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
@@ -85,6 +86,7 @@ class PseudoLabelMonitor(nn.Module):
             for index, name in enumerate(names):
                 if every[index].sum() > 0:
                     metrics[f"{prefix}/confident_fraction_{name}"] = per_class[index]
+                    metrics[f"{prefix}/recall_confident_{name}"] = confident[index, index] / every[index].sum()
                 if confident[:, index].sum() > 0:
                     metrics[f"{prefix}/acc_confident_{name}"] = precision[index]
         return {key: value.float() for key, value in metrics.items()}

@@ -71,7 +71,8 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         num_workers: loader worker processes.
         strong_views: strong views per unlabeled image (2 for UniMatch).
         mask_mapping: stored mask value -> class (e.g. ``{255: 1}`` for 0/255 masks).
-        binary: map every non-zero mask value to class 1.
+        binary: binary masks: class 1 = values above half of each file's largest (0/1 and 0/255 masks;
+            anti-aliased edges split at 128), class 0 below.
         cache_dir: where the demo dataset is generated (default ``$MASKMATCH_PL_CACHE`` or
             ``~/.cache/maskmatch_pl``).
         verify: before training, check every file so that a bad one stops the run at once with

@@ -95,13 +95,16 @@ class SampleReader:
     the edges: a 0/255 JPEG mask reads 1..254 there).
 
     ``mask_mapping`` maps stored mask values to classes (e.g. ``{255: 1}`` for 0/255 binary
-    masks); ``binary`` maps every non-zero value of a lossless mask to 1. Afterwards every mask
+    masks); ``binary`` makes class 1 of the values above half of the file's largest value (0/1
+    masks: 1; 0/255 masks: 128..255, so anti-aliased edges split as a viewer would), or of every
+    non-zero value when ``mask_mapping`` is given too. Afterwards every mask
     value must be a class index below ``num_classes`` or 255 (ignore). Every problem raises
     :class:`DataFileError` naming the file.
     """
 
     def __init__(self, num_classes: int, mask_mapping: dict[int, int] | None = None, binary: bool = False) -> None:
         self.num_classes, self.binary = num_classes, binary
+        self.threshold_binary = binary and not mask_mapping
         self.lookup = np.arange(256, dtype=np.uint8)
         if binary:
             self.lookup[1:] = 1
@@ -167,6 +170,9 @@ class SampleReader:
             raise DataFileError(message)
         if mask.max(initial=0) > 255 or mask.min(initial=0) < 0:
             raise DataFileError(f"{path}: mask values must lie in 0..255, found {mask.min()}..{mask.max()}")
+        if self.threshold_binary and mask.max(initial=0) > 1:
+            # anti-aliased or resized 0/255 masks hold edge values 1..254: foreground is the upper half
+            mask = np.where(mask > mask.max() / 2, 1, 0)
         mask = self.lookup[mask.astype(np.uint8)]
         bad = np.unique(mask[(mask >= self.num_classes) & (mask != IGNORE_INDEX)])
         if bad.size:
