@@ -66,6 +66,9 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "fixmatch+freematch": ("configs/demo_fixmatch.yaml", ["--model.pseudo_label_threshold=freematch"]),
     "maskmatch+freematch": ("configs/demo.yaml", ["--model.pseudo_label_threshold=freematch"]),
     "unimatch+freematch": ("configs/demo_unimatch.yaml", ["--model.pseudo_label_threshold=freematch"]),
+    "fixmatch+freematch_prior": ("configs/demo_fixmatch.yaml", ["--model.pseudo_label_threshold=freematch_prior"]),
+    "maskmatch+freematch_prior": ("configs/demo.yaml", ["--model.pseudo_label_threshold=freematch_prior"]),
+    "unimatch+freematch_prior": ("configs/demo_unimatch.yaml", ["--model.pseudo_label_threshold=freematch_prior"]),
     "fixmatch-tau0.95": ("configs/demo_fixmatch.yaml", ["--model.conf_threshold=0.95"]),
     "fixmatch-lr0.003": ("configs/demo_fixmatch.yaml", ["--model.lr=0.003"]),
 }

@@ -29,7 +29,16 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from ablation import CEILING, run_one  # noqa: E402
 
 DATASETS = ("faces", "defects")
-GRID = ("supervised", "fixmatch", "fixmatch+freematch")
+GRID = (
+    "supervised",
+    "fixmatch",
+    "fixmatch+freematch",
+    "fixmatch+freematch_prior",
+    "maskmatch",
+    "maskmatch+freematch_prior",
+    "unimatch",
+    "unimatch+freematch_prior",
+)
 DIAGNOSIS = ("fixmatch-tau0.95", "fixmatch-lr0.003")
 RATIO = "1_64"
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}  # Student's t, 97.5 % quantile, by degrees of freedom

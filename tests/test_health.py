@@ -36,6 +36,36 @@ def test_freematch_thresholds_follow_the_papers_formula():
     assert PseudoLabelThreshold("fixed", 0.7, classes).update(probs) == 0.7
 
 
+def test_the_prior_variant_divides_the_class_distribution_by_the_labeled_share():
+    """Ours: FreeMatch's p_t(c) divided by the labeled class share pi_t(c) (the same EMA over the
+    labeled masks, from 1/C) before MaxNorm."""
+    torch.manual_seed(1)
+    classes, momentum = 2, 0.5
+    threshold = PseudoLabelThreshold("freematch_prior", 0.95, classes, momentum)
+    tau, local, prior = 0.5, [0.5, 0.5], [0.5, 0.5]
+    for _ in range(3):
+        probs = torch.randn(2, classes, 4, 4).mul(2).softmax(1)
+        mask = (torch.rand(2, 4, 4) < 0.2).long()
+        mask[0, 0, 0] = 255  # ignored
+        got = threshold.update(probs, labeled_mask=mask)
+        pixels = probs.permute(0, 2, 3, 1).reshape(-1, classes).tolist()
+        known = [int(v) for v in mask.flatten().tolist() if v != 255]
+        tau = momentum * tau + (1 - momentum) * sum(max(p) for p in pixels) / len(pixels)
+        local = [momentum * local[c] + (1 - momentum) * sum(p[c] for p in pixels) / len(pixels) for c in range(2)]
+        prior = [momentum * prior[c] + (1 - momentum) * known.count(c) / len(known) for c in range(2)]
+        ratio = [local[c] / prior[c] for c in range(2)]
+        assert got.tolist() == pytest.approx([r / max(ratio) * tau for r in ratio], rel=1e-5)
+
+
+def test_checkpoints_load_across_threshold_kinds(tmp_path):
+    fixed = MaskMatchModule(**TINY_MODEL, num_classes=11)
+    adaptive = MaskMatchModule(**TINY_MODEL, num_classes=11, pseudo_label_threshold="freematch_prior")
+    for source, target in ((fixed, adaptive), (adaptive, fixed)):
+        checkpoint = {"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}
+        target.on_load_checkpoint(checkpoint)
+        target.load_state_dict(checkpoint["state_dict"])  # strict: no missing or unexpected keys
+
+
 def test_class_wise_thresholds_keep_each_pixel_by_its_own_class():
     confidence = torch.tensor([[[0.9, 0.6, 0.3, 0.5]]])
     label = torch.tensor([[[0, 0, 1, 1]]])
@@ -64,7 +94,10 @@ def test_a_collapse_to_background_is_named_with_what_to_try():
     health.update(small_foreground_mask(), collapsed, 0.95)
     problems = health.problems(["background", "defect"])
     assert {(p.kind, p.class_name) for p in problems} == {("vanished", "defect"), ("takeover", "background")}
-    assert all("pseudo_label_threshold: freematch" in p.message for p in problems)
+    assert all("Pseudo-label health" in p.message for p in problems)
+    nothing = PseudoLabelHealth(2)
+    nothing.update(small_foreground_mask(), collapsed, 1.0)  # a threshold no pixel reaches
+    assert [p.kind for p in nothing.problems(["background", "defect"])] == ["no_confident"]
     healthy = PseudoLabelHealth(2)
     healthy.update(small_foreground_mask(), targets_of(small_foreground_mask(), torch.full((2, 20, 20), 0.99)), 0.95)
     assert healthy.problems(["background", "defect"]) == []
@@ -74,7 +107,8 @@ def test_shares_fractions_and_flip_agreement_are_counted_per_class():
     health = PseudoLabelHealth(3)
     label = torch.tensor([[[0, 0, 1, 2]]])
     confidence = torch.tensor([[[0.9, 0.5, 0.9, 0.9]]])
-    health.update(torch.tensor([[[0, 1, 1, 255]]]), targets_of(label, confidence), 0.8, torch.tensor([[[0, 1, 1, 0]]]))
+    mirrored = torch.tensor([[[0, 1, 1, 0]]])  # the teacher's arg max on the mirror image, mirrored back
+    health.update(torch.tensor([[[0, 1, 1, 255]]]), targets_of(label, confidence), 0.8, (label, mirrored))
     values = health.compute()
     assert values["labeled_share"].tolist() == pytest.approx([1 / 3, 2 / 3, 0])
     assert values["confident_share"].tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3])
@@ -83,7 +117,7 @@ def test_shares_fractions_and_flip_agreement_are_counted_per_class():
     assert values["flip_agreement_confident"].item() == pytest.approx(2 / 3)
 
 
-def always_background(images, scales=None, view_scale=None):
+def always_background(images, scales=None, view_scale=None, flip=None):
     """A teacher sure that every pixel is background, at every scale: a constructed collapse."""
     probs = torch.zeros(images.shape[0], 11, *images.shape[-2:])
     probs[:, 0] = 1.0

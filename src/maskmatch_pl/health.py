@@ -9,13 +9,15 @@ be measured, and what gives a collapse away, is:
   confident pixel has **taken over** (the collapse to background on small-foreground data);
 - per class, the **confident fraction**: of the pixels the teacher gives that class, the share
   confident enough to reach a loss (how sure the teacher is of it);
-- the teacher's **agreement with itself** under a horizontal flip of the weak view: the share of
-  pixels whose pseudo-label stays the same, over all pixels and over the confident ones, a
-  proxy for accuracy that needs no mask (consistency under flips tracks accuracy: a teacher
-  that is right is right on both views, one that guesses rarely guesses the same twice).
+- the teacher's **agreement with itself** under a horizontal flip of the weak view (scale 1, its
+  own flip averaging off): the share of pixels whose arg max stays the same, over all pixels
+  and over the confident ones, a proxy for accuracy that needs no mask. How well it tracks the
+  true pseudo-label accuracy was measured on the testbeds (benchmarks/RESULTS.md, "Weak
+  teachers"); it does not see a collapse (a teacher that calls everything background agrees
+  with itself), which the class shares do.
 
 The states are torchmetrics sums (synced under DDP); :meth:`PseudoLabelHealth.problems` turns
-them into warnings with what to try.
+them into warnings with what to try. The cut-offs below are judgement, not calibrated.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ MIN_LABELED_SHARE = 0.001  # classes rarer than this in the labeled masks are no
 
 @dataclass(frozen=True)
 class HealthProblem:
-    """One warning: ``kind`` ``vanished`` or ``takeover``, the class, and the message."""
+    """One warning: ``kind`` ``vanished``, ``takeover`` or ``no_confident``, the class (empty for
+    ``no_confident``), and the message."""
 
     kind: str
     class_name: str
@@ -65,19 +68,19 @@ class PseudoLabelHealth(Metric):
         labeled_mask: torch.Tensor,
         targets: PseudoLabels,
         threshold: float | torch.Tensor,
-        flipped_pseudo_label: torch.Tensor | None = None,
+        flip_pair: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         """Count one step: ``labeled_mask`` ``B x H x W`` (255 ignored), the weak views' ``targets``
-        with the ``threshold`` used, and optionally the pseudo-labels of the flipped weak views,
-        flipped back (``B x H x W``)."""
+        with the ``threshold`` used, and optionally the teacher's arg max on the weak views and on
+        their mirror images, mirrored back (two ``B x H x W``)."""
         known = labeled_mask[labeled_mask != IGNORE_INDEX].long()
         self.labeled += torch.bincount(known, minlength=self.num_classes)[: self.num_classes].double()
         valid, confident = targets.valid, targets.confident(threshold)
         labels = targets.pseudo_label.long()
         self.predicted += torch.bincount(labels[valid], minlength=self.num_classes).double()
         self.confident += torch.bincount(labels[confident], minlength=self.num_classes).double()
-        if flipped_pseudo_label is not None:
-            same = flipped_pseudo_label == labels
+        if flip_pair is not None:
+            same = flip_pair[0] == flip_pair[1]
             self.agree += (same & valid).sum()
             self.flip_pixels += valid.sum()
             self.agree_confident += (same & confident).sum()
@@ -85,10 +88,12 @@ class PseudoLabelHealth(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``labeled_share``, ``confident_share``, ``confident_fraction`` (``C`` each; NaN where a
-        class has no pseudo-label pixel) and ``flip_agreement``, ``flip_agreement_confident``
-        (NaN without flip checks)."""
+        class has no pseudo-label pixel), ``flip_agreement``, ``flip_agreement_confident`` (NaN
+        without flip checks), and the totals ``labeled_pixels`` and ``confident_pixels``."""
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.labeled.device)
         return {
+            "labeled_pixels": self.labeled.sum(),
+            "confident_pixels": self.confident.sum(),
             "labeled_share": self.labeled / self.labeled.sum().clamp_min(1),
             "confident_share": self.confident / self.confident.sum().clamp_min(1),
             "confident_fraction": torch.where(self.predicted > 0, self.confident / self.predicted.clamp_min(1), nan),
@@ -98,15 +103,24 @@ class PseudoLabelHealth(Metric):
 
     def problems(self, class_names: Sequence[str]) -> list[HealthProblem]:
         """Classes that vanished from the confident pseudo-labels, or took them over, with what to try."""
-        values = self.compute()
+        values = self.compute()  # synced totals: every process decides alike
         labeled, confident = values["labeled_share"], values["confident_share"]
-        if self.confident.sum() == 0 or self.labeled.sum() == 0:
+        if values["labeled_pixels"] == 0:
             return []
-        found = []
         remedy = (
-            "try `model.pseudo_label_threshold: freematch` (class-wise thresholds), a lower "
-            "`model.conf_threshold`, or more labeled images of the rare classes (README, 'Pseudo-label health')"
+            "see README 'Pseudo-label health' for what to try (a lower `model.conf_threshold`, "
+            "`model.pseudo_label_threshold`, more labeled images of the rare classes)"
         )
+        if values["confident_pixels"] == 0:
+            return [
+                HealthProblem(
+                    "no_confident",
+                    "",
+                    "no pseudo-label pixel was confident enough to reach a loss: the unlabeled images teach nothing; "
+                    + remedy,
+                )
+            ]
+        found = []
         for index, name in enumerate(class_names):
             if labeled[index] < MIN_LABELED_SHARE:
                 continue

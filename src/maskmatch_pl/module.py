@@ -294,7 +294,7 @@ class MaskMatchModule(L.LightningModule):
             return self._total({"sup": self.sup_loss(self.network(labeled["image"]), labeled["mask"])}, labeled)
         rng = self._rng()
         # 1. teacher: pseudo-labels on the weak view, fused over scales
-        sup_logits, targets, threshold = self._pseudo_labels(labeled["image"], unlabeled)
+        sup_logits, targets, threshold = self._pseudo_labels(labeled, unlabeled)
         self._check_health(labeled["mask"], unlabeled, targets, threshold)
         # 2. strong views, CutMixed together with their targets
         strong = [cutmix(unlabeled[key], targets, self.cutmix_prob, rng) for key in self.strong_keys]
@@ -334,21 +334,22 @@ class MaskMatchModule(L.LightningModule):
         return torch.Generator().manual_seed(seed)
 
     def _pseudo_labels(
-        self, labeled_images: torch.Tensor, unlabeled: dict[str, Any]
+        self, labeled: dict[str, Any], unlabeled: dict[str, Any]
     ) -> tuple[torch.Tensor | None, PseudoLabels, float | torch.Tensor]:
         """The teacher's targets for the weak view and the confidence threshold(s) they are held to;
         with ``teacher_pass='joint'`` also the labeled logits of the train-mode forward the two
         batches shared (the reference)."""
         weak, sup_logits, view_scale = unlabeled["image"], None, unlabeled.get("view_scale")
         if self.teacher_pass == "joint":
-            both = self.network(torch.cat([labeled_images, weak]))
-            sup_logits, weak_logits = both.split([len(labeled_images), len(weak)])
+            both = self.network(torch.cat([labeled["image"], weak]))
+            sup_logits, weak_logits = both.split([len(labeled["image"]), len(weak)])
             per_scale = self.teacher.joint_scale_probabilities(weak, weak_logits)
         else:
             per_scale = self.teacher.scale_probabilities(weak, view_scale=view_scale)
         fused = self.teacher.fuse(per_scale)
         ignore_mask = unlabeled.get("ignore_mask")
-        threshold = self.threshold.update(fused, None if ignore_mask is None else ignore_mask != IGNORE_INDEX)
+        valid = None if ignore_mask is None else ignore_mask != IGNORE_INDEX
+        threshold = self.threshold.update(fused, valid, labeled["mask"])
         if "monitor_mask" in unlabeled:  # true masks, for measuring only: no loss reads them
             scales = list(self.teacher.scales)
             single = (
@@ -372,13 +373,15 @@ class MaskMatchModule(L.LightningModule):
         threshold: float | torch.Tensor,
     ) -> None:
         """Count the step for the mask-free health monitor; every ``health_every`` steps the
-        teacher also predicts the flipped weak view (one more teacher forward, scale 1)."""
-        flipped = None
+        teacher also predicts the weak view and its mirror image at scale 1, without its own flip
+        averaging (two more eval-mode teacher forwards), for its agreement with itself."""
+        pair = None
         if self.health_every and self.global_step % self.health_every == 0:
-            weak = unlabeled["image"].flip(-1)
-            probs = self.teacher.scale_probabilities(weak, [1.0], unlabeled.get("view_scale"))[0]
-            flipped = probs.flip(-1).argmax(1)
-        self.health.update(labeled_mask, targets, threshold, flipped)
+            weak, view_scale = unlabeled["image"], unlabeled.get("view_scale")
+            plain = self.teacher.scale_probabilities(weak, [1.0], view_scale, flip=False)[0].argmax(1)
+            mirrored = self.teacher.scale_probabilities(weak.flip(-1), [1.0], view_scale, flip=False)[0]
+            pair = (plain, mirrored.flip(-1).argmax(1))
+        self.health.update(labeled_mask, targets, threshold, pair)
 
     def _student(
         self, labeled: dict[str, torch.Tensor], views: dict[str, tuple[torch.Tensor, PseudoLabels]]
@@ -449,6 +452,12 @@ class MaskMatchModule(L.LightningModule):
         """Refuse a checkpoint of another network or class count with a message, not a size-mismatch
         traceback; keep the run's seed for a resume."""
         self._restored_seed = checkpoint.get("maskmatch_seed")
+        state = checkpoint.get("state_dict", {})
+        ours = {f"threshold.{name}": value for name, value in self.threshold.state_dict().items()}
+        for key in [k for k in state if k.startswith("threshold.") and k not in ours]:
+            del state[key]  # adaptive-threshold state, loaded into a model that does not adapt
+        for key, value in ours.items():
+            state.setdefault(key, value)  # a checkpoint from before (or without) adaptive thresholds: start afresh
         theirs = checkpoint.get("hyper_parameters", {})
         different = [
             f"{key}: checkpoint {theirs[key]!r} vs this model {self.hparams.get(key)!r}"
@@ -520,7 +529,7 @@ class MaskMatchModule(L.LightningModule):
         if isinstance(thresholds, torch.Tensor):
             logged.update({f"health/threshold_{name}": value for name, value in zip(self.class_names, thresholds)})
         self.log_dict({key: value.float() for key, value in logged.items() if not value.isnan()})
-        for kind in ("vanished", "takeover"):
+        for kind in ("vanished", "takeover", "no_confident"):
             count = sum(problem.kind == kind for problem in problems)
             self.log(f"pl_{kind}", float(count), prog_bar=True)
         for problem in problems:

@@ -100,10 +100,16 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def scale_probabilities(
-        self, images: torch.Tensor, scales: Sequence[float] | None = None, view_scale: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        scales: Sequence[float] | None = None,
+        view_scale: torch.Tensor | None = None,
+        flip: bool | None = None,
     ) -> list[torch.Tensor]:
-        """Float32 probabilities in eval mode, one ``B x C x H x W`` tensor per scale (flips averaged in).
-        With ``reference='image'`` the scales are divided by each view's ``view_scale`` (required)."""
+        """Float32 probabilities in eval mode, one ``B x C x H x W`` tensor per scale (flips averaged in
+        unless ``flip`` overrides the teacher's own setting). With ``reference='image'`` the scales
+        are divided by each view's ``view_scale`` (required)."""
+        flip = self.flip if flip is None else flip
         network = self.network
         was_training = network.training
         network.eval()
@@ -114,8 +120,8 @@ class Teacher(nn.Module):
                         "pseudo_label_scale_reference='image' needs each weak view's rescale factor: 'view_scale' "
                         "in the unlabeled batch (maskmatch_pl's data module provides it)"
                     )
-                return image_scale_probabilities(network, images, scales or self.scales, view_scale, self.flip)
-            return scale_probabilities(network, images, scales or self.scales, self.flip)
+                return image_scale_probabilities(network, images, scales or self.scales, view_scale, flip)
+            return scale_probabilities(network, images, scales or self.scales, flip)
         finally:
             network.train(was_training and self.ema is None)
 

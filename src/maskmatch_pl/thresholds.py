@@ -14,7 +14,14 @@ from typing import Literal
 import torch
 from torch import nn
 
-ThresholdKind = Literal["fixed", "freematch"]
+ThresholdKind = Literal["fixed", "freematch", "freematch_prior"]
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over the DDP processes (itself without DDP), as FreeMatch gathers its batch statistics."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor
 
 
 class PseudoLabelThreshold(nn.Module):
@@ -24,49 +31,85 @@ class PseudoLabelThreshold(nn.Module):
     of FreeMatch (Wang et al., ICLR 2023, arXiv:2205.07246, eqs. 4-6), over pixels instead of
     images: a global threshold ``tau_t = m * tau_{t-1} + (1 - m) * mean(max_c p)`` and a class
     distribution ``p_t(c) = m * p_{t-1}(c) + (1 - m) * mean(p(c))``, both over the valid pixels of
-    the weak views and started at ``1 / C``; the threshold of class ``c`` is
-    ``p_t(c) / max_c' p_t(c') * tau_t`` (MaxNorm). ``tau`` is not used by ``freematch``.
-    FreeMatch's momentum is 0.999 over about a million steps; the default here, 0.99, follows
-    runs of a few thousand steps. The state is saved in checkpoints.
+    the weak views (of every DDP process) and started at ``1 / C``; the threshold of class ``c`` is
+    ``p_t(c) / max_c' p_t(c') * tau_t`` (MaxNorm). Over pixels, ``p_t(c)`` is mostly how common a
+    class is, so rare classes (small foreground) get thresholds near 0: every pixel whose arg max
+    they are is kept. ``freematch_prior`` (ours) divides ``p_t(c)`` by the labeled class share
+    ``pi_t(c)`` (the same EMA over the labeled masks) before MaxNorm, as distribution alignment
+    (ReMixMatch, Berthelot et al., ICLR 2020) normalises predictions by the labeled prior: a class
+    predicted at its labeled rate keeps ``tau_t``, one the teacher under-predicts gets a lower
+    threshold. ``tau`` is used by ``fixed`` only. FreeMatch's momentum is 0.999 over about a
+    million steps; the default here, 0.99, follows runs of a few thousand steps. The state steps
+    once per training batch (micro-batch) and is saved in checkpoints (adaptive kinds only).
 
     Args:
-        kind: ``fixed`` or ``freematch``.
+        kind: ``fixed``, ``freematch`` or ``freematch_prior``.
         tau: the fixed threshold, in [0, 1].
-        num_classes: number of classes (``freematch``).
-        momentum: EMA momentum ``m`` of ``freematch``, in [0, 1).
+        num_classes: number of classes ``C``.
+        momentum: EMA momentum ``m`` of the adaptive kinds, in [0, 1).
+
+    Raises:
+        ValueError: an unknown ``kind``, or ``tau`` / ``momentum`` out of range.
     """
 
     def __init__(self, kind: ThresholdKind = "fixed", tau: float = 0.95, num_classes: int = 2, momentum: float = 0.99):
         super().__init__()
-        if kind not in ("fixed", "freematch"):
-            raise ValueError(f"pseudo_label_threshold must be 'fixed' or 'freematch', got {kind!r}")
+        if kind not in ("fixed", "freematch", "freematch_prior"):
+            raise ValueError(f"pseudo_label_threshold must be 'fixed', 'freematch' or 'freematch_prior', got {kind!r}")
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"conf_threshold must be in [0, 1], got {tau}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"threshold_momentum must be in [0, 1), got {momentum}")
         self.kind, self.tau, self.momentum = kind, tau, momentum
-        adaptive = kind == "freematch"  # only adaptive state is checkpointed: fixed-tau checkpoints stay as they were
+        adaptive = kind != "fixed"  # only adaptive state is checkpointed: fixed-tau checkpoints stay as they were
+        start = torch.full((num_classes,), 1.0 / num_classes)
         self.register_buffer("global_threshold", torch.tensor(1.0 / num_classes), persistent=adaptive)
-        self.register_buffer("class_distribution", torch.full((num_classes,), 1.0 / num_classes), persistent=adaptive)
+        self.register_buffer("class_distribution", start.clone(), persistent=adaptive)
+        self.register_buffer("labeled_distribution", start.clone(), persistent=kind == "freematch_prior")
 
     @torch.no_grad()
-    def update(self, probabilities: torch.Tensor, valid: torch.Tensor | None = None) -> float | torch.Tensor:
+    def update(
+        self,
+        probabilities: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        labeled_mask: torch.Tensor | None = None,
+    ) -> float | torch.Tensor:
         """Follow one batch of teacher ``probabilities`` (``B x C x H x W``; ``valid`` ``B x H x W``
-        bool, default all) and return the thresholds to use on it: a float (``fixed``) or a ``C``
-        tensor, one per class (``freematch``). Under DDP each process follows its own batches."""
+        bool, default all; ``labeled_mask`` ``B' x H' x W'`` class indices, 255 ignored, needed by
+        ``freematch_prior``) and return the thresholds to use on it: a float (``fixed``) or a ``C``
+        tensor, one per class."""
         if self.kind == "fixed":
             return self.tau
-        per_pixel = probabilities.float().permute(0, 2, 3, 1).reshape(-1, probabilities.shape[1])
-        if valid is not None:
-            per_pixel = per_pixel[valid.reshape(-1)]
-        if len(per_pixel):
-            m = self.momentum
-            self.global_threshold.mul_(m).add_((1 - m) * per_pixel.max(1).values.mean())
-            self.class_distribution.mul_(m).add_((1 - m) * per_pixel.mean(0))
+        probabilities = probabilities.float()
+        if valid is None:
+            valid = torch.ones_like(probabilities[:, 0], dtype=torch.bool)
+        weight = valid[:, None].float()
+        sums = torch.cat(
+            [
+                (probabilities.amax(1, keepdim=True) * weight).sum().view(1),
+                (probabilities * weight).sum((0, 2, 3)),
+                weight.sum().view(1),
+            ]
+        )
+        sums = _all_reduce_sum(sums)
+        m, count = self.momentum, sums[-1]
+        if count > 0:
+            self.global_threshold.mul_(m).add_((1 - m) * sums[0] / count)
+            self.class_distribution.mul_(m).add_((1 - m) * sums[1:-1] / count)
+        if self.kind == "freematch_prior":
+            if labeled_mask is None:
+                raise ValueError("pseudo_label_threshold 'freematch_prior' needs the labeled masks of the step")
+            known = labeled_mask[labeled_mask != 255].long()
+            counts = _all_reduce_sum(torch.bincount(known, minlength=len(self.labeled_distribution)).float())
+            if counts.sum() > 0:
+                self.labeled_distribution.mul_(m).add_((1 - m) * counts / counts.sum())
         return self.thresholds()
 
     def thresholds(self) -> float | torch.Tensor:
         """The current thresholds: ``tau``, or ``C`` class-wise ones."""
         if self.kind == "fixed":
             return self.tau
-        return self.class_distribution / self.class_distribution.max() * self.global_threshold
+        distribution = self.class_distribution
+        if self.kind == "freematch_prior":
+            distribution = distribution / self.labeled_distribution.clamp_min(1e-6)
+        return distribution / distribution.max() * self.global_threshold
