@@ -40,9 +40,9 @@ def test_plain_loop_step_equals_our_step(monkeypatch, teacher_pass):
     )
     module.log = lambda *args, **kwargs: None
     monkeypatch.setattr(reference_loop, "TAU", 0.2)
-    batch = make_batch(batch=3, size=32)
+    batch = make_batch(batch=3, size=64)  # not 32: the adapter pads a 1 x 1 deepest map, the plain loop does not
     batch["unlabeled"]["ignore_mask"][1, -6:] = 255
-    box = torch.zeros(3, 32, 32, dtype=torch.bool)
+    box = torch.zeros(3, 64, 64, dtype=torch.bool)
     box[0, 4:20, 8:24] = box[2, 10:30, 0:12] = True
     monkeypatch.setattr(cutmix_file, "cutmix_boxes", lambda *args, **kwargs: box)
     plain_net = copy.deepcopy(module.network.net)

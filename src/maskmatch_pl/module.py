@@ -275,7 +275,7 @@ class MaskMatchModule(L.LightningModule):
         included): a resumed run draws what the unbroken one did, from any checkpoint."""
         devices = [self.device] if self.device.type == "cuda" else []  # the CPU generator is always forked
         with torch.random.fork_rng(devices, device_type="cuda"):
-            torch.manual_seed(hash((self._seed, self.global_rank, self.global_step, batch_idx)) & 0x7FFF_FFFF_FFFF_FFFF)
+            torch.manual_seed(self.step_seed(batch_idx))
             try:
                 return self._step(batch, batch_idx)
             except ValueError as error:
@@ -286,6 +286,10 @@ class MaskMatchModule(L.LightningModule):
                     f"(DeepLabV3+'s ASPP) does with one image per process: use data.batch_size and "
                     f"data.unlabeled_batch_size of 2 or more"
                 ) from error
+
+    def step_seed(self, batch_idx: int) -> int:
+        """The seed of the global RNG during training batch ``batch_idx`` of the current step."""
+        return hash((self._seed, self.global_rank, self.global_step, batch_idx)) & 0x7FFF_FFFF_FFFF_FFFF
 
     def _step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """One training step, as the paper's algorithm (see the class docstring)."""
