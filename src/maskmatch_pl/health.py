@@ -35,6 +35,15 @@ TAKEOVER_RATIO = 0.25  # the other classes together below 25 % of their labeled 
 MIN_LABELED_SHARE = 0.001  # classes rarer than this in the labeled masks are not judged
 
 
+def class_counts(labels: torch.Tensor, keep: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Float64 ``C`` counts of the ``labels`` (any shape, values 0..C-1 where ``keep``) at the pixels
+    where ``keep`` is True. Written with ``index_add_`` rather than boolean indexing and ``bincount``,
+    whose output sizes depend on the data and so wait for the device on every step."""
+    classes = labels.long().clamp(0, num_classes - 1).flatten()
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=labels.device)
+    return counts.index_add_(0, classes, keep.flatten().double())
+
+
 @dataclass(frozen=True)
 class HealthProblem:
     """One warning: ``kind`` ``vanished``, ``takeover`` or ``no_confident``, the class (empty for
@@ -73,12 +82,11 @@ class PseudoLabelHealth(Metric):
         """Count one step: ``labeled_mask`` ``B x H x W`` (255 ignored), the weak views' ``targets``
         with the ``threshold`` used, and optionally the teacher's arg max on the weak views and on
         their mirror images, mirrored back (two ``B x H x W``)."""
-        known = labeled_mask[labeled_mask != IGNORE_INDEX].long()
-        self.labeled += torch.bincount(known, minlength=self.num_classes)[: self.num_classes].double()
+        self.labeled += class_counts(labeled_mask, labeled_mask != IGNORE_INDEX, self.num_classes)
         valid, confident = targets.valid, targets.confident(threshold)
         labels = targets.pseudo_label.long()
-        self.predicted += torch.bincount(labels[valid], minlength=self.num_classes).double()
-        self.confident += torch.bincount(labels[confident], minlength=self.num_classes).double()
+        self.predicted += class_counts(labels, valid, self.num_classes)
+        self.confident += class_counts(labels, confident, self.num_classes)
         if flip_pair is not None:
             same = flip_pair[0] == flip_pair[1]
             self.agree += (same & valid).sum()

@@ -14,6 +14,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .health import class_counts
+from .targets import IGNORE_INDEX
+
 ThresholdKind = Literal["fixed", "freematch", "freematch_prior"]
 
 
@@ -92,17 +95,19 @@ class PseudoLabelThreshold(nn.Module):
             ]
         )
         sums = _all_reduce_sum(sums)
-        m, count = self.momentum, sums[-1]
-        if count > 0:
-            self.global_threshold.mul_(m).add_((1 - m) * sums[0] / count)
-            self.class_distribution.mul_(m).add_((1 - m) * sums[1:-1] / count)
+        # an empty batch leaves the state as it is (momentum 1), decided on the device: no sync per step
+        count = sums[-1]
+        m = torch.where(count > 0, self.momentum, 1.0)
+        self.global_threshold.mul_(m).add_((1 - m) * sums[0] / count.clamp_min(1))
+        self.class_distribution.mul_(m).add_((1 - m) * sums[1:-1] / count.clamp_min(1))
         if self.kind == "freematch_prior":
             if labeled_mask is None:
                 raise ValueError("pseudo_label_threshold 'freematch_prior' needs the labeled masks of the step")
-            known = labeled_mask[labeled_mask != 255].long()
-            counts = _all_reduce_sum(torch.bincount(known, minlength=len(self.labeled_distribution)).float())
-            if counts.sum() > 0:
-                self.labeled_distribution.mul_(m).add_((1 - m) * counts / counts.sum())
+            counts = class_counts(labeled_mask, labeled_mask != IGNORE_INDEX, len(self.labeled_distribution))
+            counts = _all_reduce_sum(counts.to(self.labeled_distribution.dtype))
+            total = counts.sum()
+            m = torch.where(total > 0, self.momentum, 1.0)
+            self.labeled_distribution.mul_(m).add_((1 - m) * counts / total.clamp_min(1))
         return self.thresholds()
 
     def thresholds(self) -> float | torch.Tensor:

@@ -118,20 +118,41 @@ def write_canvas_dataset(
     for split, count in labeled_counts.items():
         if not 0 < count <= train_canvases:
             raise ValueError(f"split {split!r}: {count} labeled canvases, expected 1 to {train_canvases}")
-    for folder in ("images", "masks", "splits"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
     shuffle = np.random.default_rng(seed).permutation(len(glyphs))
     glyphs, labels = glyphs[shuffle], labels[shuffle]
     cut = len(glyphs) * 4 // 5
+    pools = {"train": slice(0, cut), "val": slice(cut, None)}
+
+    def render(split: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        pool, chosen = pools[split], slice(None)
+        if one_class_per_canvas:
+            chosen = labels[pool] == rng.integers(labels.max() + 1)
+        return render_canvas(glyphs[pool][chosen], labels[pool][chosen], rng)
+
+    write_layout(root, render, seed, train_canvases, val_canvases, labeled_counts)
+
+
+def write_layout(
+    root: Path,
+    render: Callable[[str, np.random.Generator], tuple[np.ndarray, np.ndarray]],
+    seed: int,
+    train_count: int,
+    val_count: int,
+    labeled_counts: dict[str, int],
+) -> None:
+    """``train_count`` + ``val_count`` images from ``render(split, rng)`` (``rng`` seeded by ``(seed,
+    index, split)``), as ``images/<split>_<index>.png`` and VOC-palette ``masks/``, with UniMatch
+    split files: ``splits/val.txt`` and, per entry of ``labeled_counts`` (split name -> labeled
+    count, at most ``train_count``), ``splits/<name>/{labeled,unlabeled}.txt``; the labeled images
+    are the first of a ``seed`` permutation, and a fully labeled split lists every image as
+    unlabeled too."""
+    for folder in ("images", "masks", "splits"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
     palette = [value for colour in voc_palette(256) for value in colour]
     names: dict[str, list[str]] = {"train": [], "val": []}
-    for split, count, pool in (("train", train_canvases, slice(0, cut)), ("val", val_canvases, slice(cut, None))):
+    for split, count in (("train", train_count), ("val", val_count)):
         for index in range(count):
-            rng = np.random.default_rng([seed, index, split == "val"])
-            chosen = slice(None)
-            if one_class_per_canvas:
-                chosen = labels[pool] == rng.integers(labels.max() + 1)
-            image, mask = render_canvas(glyphs[pool][chosen], labels[pool][chosen], rng)
+            image, mask = render(split, np.random.default_rng([seed, index, split == "val"]))
             name = f"{split}_{index:04d}.png"
             Image.fromarray(image).save(root / "images" / name)
             indexed = Image.fromarray(mask, mode="P")
@@ -139,10 +160,10 @@ def write_canvas_dataset(
             indexed.save(root / "masks" / name)
             names[split].append(f"images/{name} masks/{name}")
     (root / "splits" / "val.txt").write_text("\n".join(names["val"]) + "\n")
-    order = np.random.default_rng(seed).permutation(train_canvases)
+    order = np.random.default_rng(seed).permutation(train_count)
     for split, n_labeled in labeled_counts.items():
         labeled = [names["train"][i] for i in sorted(order[:n_labeled])]
-        everything = n_labeled == train_canvases  # a fully labeled split also lists every canvas as unlabeled
+        everything = n_labeled >= train_count  # a fully labeled split also lists every image as unlabeled
         unlabeled = names["train"] if everything else [names["train"][i] for i in sorted(order[n_labeled:])]
         (root / "splits" / split).mkdir(parents=True)
         (root / "splits" / split / "labeled.txt").write_text("\n".join(labeled) + "\n")

@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .demo import build_once, default_cache_dir
-from .presets import voc_palette
+from .demo import build_once, default_cache_dir, write_layout
 
 TESTBED_VERSION = "v2"
 TRAIN_IMAGES, VAL_IMAGES, SIZE = 1600, 250, 96
@@ -181,31 +180,11 @@ def write_testbed(
     train_images: int = TRAIN_IMAGES,
     val_images: int = VAL_IMAGES,
 ) -> None:
-    """``train_images`` + ``val_images`` images from ``render(rng)`` (each seeded by ``(seed, index,
-    split)``) with palette masks and split files (:data:`LABELED_COUNTS`) in the UniMatch layout."""
-    for folder in ("images", "masks", "splits"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    palette = [value for colour in voc_palette(256) for value in colour]
-    names: dict[str, list[str]] = {"train": [], "val": []}
-    for split, count in (("train", train_images), ("val", val_images)):
-        for index in range(count):
-            image, mask = render(np.random.default_rng([seed, index, split == "val"]))
-            name = f"{split}_{index:04d}.png"
-            Image.fromarray(image).save(root / "images" / name)
-            indexed = Image.fromarray(mask, mode="P")
-            indexed.putpalette(palette)
-            indexed.save(root / "masks" / name)
-            names[split].append(f"images/{name} masks/{name}")
-    (root / "splits" / "val.txt").write_text("\n".join(names["val"]) + "\n")
-    order = np.random.default_rng(seed).permutation(train_images)
-    for split, n_labeled in LABELED_COUNTS.items():
-        n_labeled = min(n_labeled, train_images)
-        labeled = [names["train"][i] for i in sorted(order[:n_labeled])]
-        rest = [names["train"][i] for i in sorted(order[n_labeled:])]
-        unlabeled = names["train"] if n_labeled == train_images else rest  # "full" lists every image as both
-        (root / "splits" / split).mkdir(parents=True)
-        (root / "splits" / split / "labeled.txt").write_text("\n".join(labeled) + "\n")
-        (root / "splits" / split / "unlabeled.txt").write_text("\n".join(unlabeled) + "\n")
+    """``train_images`` + ``val_images`` images from ``render(rng)`` with palette masks and split
+    files (:data:`LABELED_COUNTS`, capped at ``train_images``) in the UniMatch layout, as the demo's
+    (:func:`~maskmatch_pl.data.demo.write_layout`)."""
+    counts = {split: min(count, train_images) for split, count in LABELED_COUNTS.items()}
+    write_layout(root, lambda split, rng: render(rng), seed, train_images, val_images, counts)
 
 
 def build_testbed(name: str, cache_dir: str | Path | None = None, seed: int = 0) -> Path:
