@@ -94,7 +94,7 @@ def test_a_collapse_to_background_is_named_with_what_to_try():
     health.update(small_foreground_mask(), collapsed, 0.95)
     problems = health.problems(["background", "defect"])
     assert {(p.kind, p.class_name) for p in problems} == {("vanished", "defect"), ("takeover", "background")}
-    assert all("Pseudo-label health" in p.message for p in problems)
+    assert all("Pseudo-label health" in p.message and "freematch_prior" in p.message for p in problems)
     nothing = PseudoLabelHealth(2)
     nothing.update(small_foreground_mask(), collapsed, 1.0)  # a threshold no pixel reaches
     assert [p.kind for p in nothing.problems(["background", "defect"])] == ["no_confident"]
