@@ -32,6 +32,7 @@ from .targets import IGNORE_INDEX, PseudoLabels  # noqa: E402
 from .teacher import Teacher, ema_momentum, ema_update  # noqa: E402
 from .thresholds import PseudoLabelThreshold  # noqa: E402
 from .visualize import ValPanels  # noqa: E402
+from .vit import PatchDPT  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -48,6 +49,7 @@ __all__ = [
     "PseudoLabelThreshold",
     "PseudoLabels",
     "SegmentationNetwork",
+    "PatchDPT",
     "SemiSupervisedDataModule",
     "SupervisedLoss",
     "Teacher",

@@ -25,6 +25,10 @@ def build_smp_model(
     """
     import segmentation_models_pytorch as smp
 
+    if arch.lower() == "dpt":  # smp's DPT cannot take a patch-14 encoder (DINOv2): the same parts, any patch
+        from .vit import PatchDPT
+
+        return PatchDPT(encoder_name, num_classes, encoder_weights, **kwargs)
     packaged = encoder_weights == "packaged"
     model = smp.create_model(
         arch=arch,
@@ -191,8 +195,9 @@ class SegmentationNetwork(nn.Module):
     def __init__(self, net: nn.Module, pad_multiple: int | None = None, channels_last: bool = False) -> None:
         super().__init__()
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
-        self.pad_multiple = pad_multiple or _output_stride(net)
-        self.feature_stride = _encoder_stride(net)
+        own_multiple = getattr(net, "input_multiple", None)  # a network that states what it needs (PatchDPT)
+        self.pad_multiple = pad_multiple or own_multiple or _output_stride(net)
+        self.feature_stride = own_multiple or _encoder_stride(net)
         self.channels_last = channels_last
 
     @property
@@ -245,6 +250,8 @@ class SegmentationNetwork(nn.Module):
         input-resolution stage of smp encoders excepted)."""
         self.check_feature_perturbation()
         height, width = images.shape[-2:]
+        if hasattr(self.net, "forward_perturbed"):  # a network with its own feature split (PatchDPT)
+            return self.net.forward_perturbed(self._pad(images), dropout)[..., :height, :width]
         features = self.net.encoder(self._pad(images))
         perturbed = [features[0]] + [F.dropout2d(f, dropout, training=True) for f in features[1:]]
         return self.net.segmentation_head(self.net.decoder(perturbed))[..., :height, :width]

