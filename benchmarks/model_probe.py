@@ -7,6 +7,7 @@ objects at all, whatever their class?), per-class IoU and the wall time.
 
     python benchmarks/model_probe.py --arch FPN --model-kwargs \\
         '{"decoder_pyramid_channels": 64, "decoder_segmentation_channels": 32}' --split full --steps 1000
+    python benchmarks/model_probe.py --dataset scenes --flip --split 1_16     # a testbed
     python benchmarks/model_probe.py --root /data/my_canvases --num-classes 6 --split 1_16   # your own data
 
 Converged means: the all-labels run gains little over the last quarter; label-limited means:
@@ -55,7 +56,8 @@ def main() -> None:
     parser.add_argument("--encoder", default="tu-tf_efficientnet_lite0")
     parser.add_argument("--weights", default="packaged", help="'packaged', 'none' or a hub name")
     parser.add_argument("--model-kwargs", type=json.loads, default={})
-    parser.add_argument("--root", default=None, help="a dataset root with splits/ (default: the demo data)")
+    parser.add_argument("--dataset", default="demo", help="a generated dataset: demo, faces, defects or scenes")
+    parser.add_argument("--root", default=None, help="a dataset root with splits/ (instead of --dataset)")
     parser.add_argument("--num-classes", type=int, default=None, help="with --root")
     parser.add_argument("--split", default="full")
     parser.add_argument("--crop-size", type=int, default=64)
@@ -74,7 +76,7 @@ def main() -> None:
     if args.root:
         data = SemiSupervisedDataModule(dataset="custom", root=args.root, num_classes=args.num_classes, **common)
     else:
-        data = SemiSupervisedDataModule(dataset="demo", **common)
+        data = SemiSupervisedDataModule(dataset=args.dataset, **common)
     data.prepare_data()
     data.setup("fit")
     labeled = data.dataset("labeled")

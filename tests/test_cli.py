@@ -71,6 +71,9 @@ def test_fit_logs_losses_and_miou_and_saves_checkpoints(fitted):
         "train/confident_fraction",
         "val/mIoU",
         "val/IoU_digit_7",
+        "val/boundary_mIoU",
+        "val/boundary_IoU_digit_7",
+        "val/small_object_mIoU",
     } <= _metrics(fitted)
     assert list(fitted.rglob("last.ckpt")) and list(fitted.rglob("config.yaml"))
 

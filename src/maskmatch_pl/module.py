@@ -20,6 +20,7 @@ from .batch import check_batch, strong_keys
 from .cutmix import cutmix
 from .evaluation import EvalMode, EvalProtocol, iou_from_confusion, mean_iou, size_groups
 from .health import PseudoLabelHealth
+from .locality import LocalityScores
 from .losses import LossWeights, SupervisedLoss, consistency_loss, rampup_factor
 from .masking import PatchMasking
 from .monitoring import PseudoLabelMonitor
@@ -131,6 +132,10 @@ class MaskMatchModule(L.LightningModule):
         eval_scales: Test-time scales whose softmax is averaged.
         eval_flip: Test-time horizontal flip.
         class_names: Names for the per-class IoU logs (the CLI links them from the data module).
+        boundary_width: Half-width in pixels of the band around the ground truth's class edges scored by
+            ``val/boundary_mIoU``, and the margin around small objects (:mod:`maskmatch_pl.locality`).
+        small_object_share: A ground-truth connected component is a small object, scored by
+            ``val/small_object_mIoU``, below this share of its image's pixels.
     """
 
     def __init__(
@@ -186,6 +191,8 @@ class MaskMatchModule(L.LightningModule):
         eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
         class_names: list[str] | None = None,
+        boundary_width: int = 3,
+        small_object_share: float = 0.01,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
@@ -255,6 +262,8 @@ class MaskMatchModule(L.LightningModule):
         # the confusion matrix summed over the set (synced under DDP); IoU and mIoU are computed from it
         self.val_iou = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
         self.test_iou = self.val_iou.clone()
+        self.val_locality = LocalityScores(num_classes, boundary_width, small_object_share)
+        self.test_locality = self.val_locality.clone()
         other_scales = [f"pseudo_scale_{s:g}" for s in pseudo_label_scales if len(pseudo_label_scales) > 1 and s != 1.0]
         self.pseudo_monitor = PseudoLabelMonitor(num_classes, ["pseudo", "pseudo_single_scale", *other_scales])
         self.threshold = PseudoLabelThreshold(pseudo_label_threshold, conf_threshold, num_classes, threshold_momentum)
@@ -499,21 +508,39 @@ class MaskMatchModule(L.LightningModule):
                 raise RuntimeError(f"{names}: the network failed on these {width}x{height} images: {error}") from error
             yield indices, height, width, probs
 
-    def _evaluate(self, batch: dict[str, Any], batch_idx: int, metric: MulticlassConfusionMatrix, stage: str) -> None:
+    def _evaluate(
+        self,
+        batch: dict[str, Any],
+        batch_idx: int,
+        metric: MulticlassConfusionMatrix,
+        locality: LocalityScores,
+        stage: str,
+    ) -> None:
         check_batch(
             batch, stage, label_maps=("mask",), num_classes=self.hparams.num_classes, check_values=batch_idx == 0
         )
         for indices, height, width, probs in self._unpadded_probabilities(batch):
             masks = batch["mask"][indices, :height, :width]  # the images' own masks, then the protocol's region
-            metric.update(probs.argmax(1), self.eval_protocol.region(masks))
+            prediction, target = probs.argmax(1), self.eval_protocol.region(masks)
+            metric.update(prediction, target)
+            locality.update(prediction, target)
 
-    def _log_iou(self, metric: MulticlassConfusionMatrix, stage: str) -> None:
-        """mIoU and per-class IoU of the set (NaN for a class in neither truth nor predictions)."""
+    def _log_iou(self, metric: MulticlassConfusionMatrix, locality: LocalityScores, stage: str) -> None:
+        """mIoU and per-class IoU of the set (NaN for a class in neither truth nor predictions), and
+        the locality scores: boundary and small-object IoU, per class and their means."""
         iou = iou_from_confusion(metric.compute()).float()
         self.log(f"{stage}/mIoU", mean_iou(iou), prog_bar=True)
         for name, value in zip(self.class_names, iou):
             self.log(f"{stage}/IoU_{name}", value)
         metric.reset()
+        for score, per_class in locality.compute().items():
+            per_class = per_class.float()
+            if not per_class.isnan().all():  # a set without small objects has no small-object IoU
+                self.log(f"{stage}/{score}_mIoU", mean_iou(per_class))
+            for name, value in zip(self.class_names, per_class):
+                if not value.isnan():
+                    self.log(f"{stage}/{score}_IoU_{name}", value)
+        locality.reset()
 
     def _log_pseudo_label_quality(self) -> None:
         """Pseudo-label scores over the training steps since the last call: against masks when the
@@ -546,20 +573,20 @@ class MaskMatchModule(L.LightningModule):
     on_test_start = on_validation_start
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, self.val_iou, "val")
+        self._evaluate(batch, batch_idx, self.val_iou, self.val_locality, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_iou(self.val_iou, "val")
+        self._log_iou(self.val_iou, self.val_locality, "val")
         self._log_pseudo_label_quality()
 
     def on_train_epoch_end(self) -> None:
         self._log_pseudo_label_quality()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, self.test_iou, "test")
+        self._evaluate(batch, batch_idx, self.test_iou, self.test_locality, "test")
 
     def on_test_epoch_end(self) -> None:
-        self._log_iou(self.test_iou, "test")
+        self._log_iou(self.test_iou, self.test_locality, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Class maps ``B x H x W`` of the whole images plus the batch's ``name``/``size``."""

@@ -27,8 +27,8 @@ from .sources import DataSourceError, Sample, load_samples
 from .splits import PUBLISHED, published_splits_dir
 from .testbeds import build_testbed
 
-DatasetName = Literal["demo", "faces", "defects", "pascal", "cityscapes", "custom"]
-GENERATED = ("demo", "faces", "defects")  # built on first use into the cache folder
+DatasetName = Literal["demo", "faces", "defects", "scenes", "pascal", "cityscapes", "custom"]
+GENERATED = ("demo", "faces", "defects", "scenes")  # built on first use into the cache folder
 
 
 class SemiSupervisedDataModule(L.LightningDataModule):
@@ -40,8 +40,9 @@ class SemiSupervisedDataModule(L.LightningDataModule):
     the unlabeled set, as in UniMatch.
 
     Args:
-        dataset: ``demo`` (digit canvases), ``faces`` (fine-grained items) or ``defects`` (binary,
-            1-5 % foreground; :mod:`maskmatch_pl.data.testbeds`), built on first use; ``pascal``,
+        dataset: ``demo`` (digit canvases), ``faces`` (fine-grained items), ``defects`` (binary,
+            1-5 % foreground) or ``scenes`` (street scenes in miniature; :mod:`maskmatch_pl.data.testbeds`),
+            built on first use; ``pascal``,
             ``cityscapes`` (class names and palettes preset) or ``custom``.
         root: data root; split-file paths are relative to it (demo: the cache folder).
         split: a split name: ``labeled``/``unlabeled`` default to

