@@ -324,6 +324,29 @@ def test_any_module_mapping_images_to_logits_can_be_wrapped_and_padded():
         MaskMatchModule(model=net, num_classes=11, fp_weight=0.5)
 
 
+class OwnPerturbation(nn.Module):
+    """A user's network without smp's encoder/decoder split that defines its own perturbed stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 11, 1)
+
+    def forward(self, images):
+        return self.head(self.features(images).relu())
+
+    def forward_perturbed(self, images, dropout):
+        return self.head(torch.nn.functional.dropout2d(self.features(images).relu(), dropout, training=True))
+
+
+def test_a_network_with_its_own_forward_perturbed_takes_feature_perturbation():
+    torch.manual_seed(0)
+    module = MaskMatchModule(model=OwnPerturbation(), num_classes=11, fp_weight=0.5, pseudo_label_scales=[1.0])
+    images = torch.randn(2, 3, 30, 31)
+    perturbed = module.network.forward_perturbed(images, 0.5)
+    assert perturbed.shape == (2, 11, 30, 31) and not torch.allclose(perturbed, module(images))
+    run_step(module, make_batch(size=30))
+
+
 def test_smp_models_take_any_crop_size(tiny_module_kwargs):
     module = MaskMatchModule(**tiny_module_kwargs)
     assert module(torch.randn(1, 3, 37, 45)).shape == (1, 11, 37, 45)

@@ -232,6 +232,8 @@ class SegmentationNetwork(nn.Module):
 
     @property
     def supports_feature_perturbation(self) -> bool:
+        if callable(getattr(self.net, "forward_perturbed", None)):  # its own feature split (PatchDPT, yours)
+            return True
         return all(hasattr(self.net, name) for name in ("encoder", "decoder", "segmentation_head"))
 
     def check_feature_perturbation(self) -> None:
@@ -240,8 +242,9 @@ class SegmentationNetwork(nn.Module):
             raise TypeError(
                 f"feature perturbation (fp_weight > 0) needs a network with `encoder`, `decoder` and "
                 f"`segmentation_head` attributes such that `segmentation_head(decoder(encoder(x)))` gives the "
-                f"logits, as smp models have; {type(self.net).__name__} does not. Set `fp_weight: 0` or pass "
-                f"a network that provides them."
+                f"logits, as smp models have, or a `forward_perturbed(images, dropout)` method that returns "
+                f"logits decoded from dropped-out features; {type(self.net).__name__} has neither. Set "
+                f"`fp_weight: 0` or pass a network that provides them."
             )
 
     def forward_perturbed(self, images: torch.Tensor, dropout: float = 0.5) -> torch.Tensor:
