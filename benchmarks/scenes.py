@@ -42,6 +42,9 @@ GRID = (
     "fixmatch+multiscale",
     PAPER_WEIGHT,
     CEILING,
+    # the diagnosis of the FixMatch row: class-wise thresholds against the thin classes' collapse
+    "fixmatch+freematch_prior",
+    "maskmatch+freematch_prior",
 )
 PAIRS = (  # (without, with, what the difference measures)
     ("fixmatch", "maskmatch", "masked view on FixMatch (demo weight 0.25)"),
@@ -50,6 +53,9 @@ PAIRS = (  # (without, with, what the difference measures)
     ("fixmatch", "fixmatch+multiscale", "multi-scale pseudo-labels on FixMatch"),
     ("supervised", "fixmatch", "FixMatch over supervised"),
     ("supervised", "unimatch", "UniMatch over supervised"),
+    ("fixmatch", "fixmatch+freematch_prior", "class-wise thresholds on FixMatch"),
+    ("fixmatch+freematch_prior", "maskmatch+freematch_prior", "masked view on FixMatch, class-wise thresholds"),
+    ("supervised", "fixmatch+freematch_prior", "FixMatch with class-wise thresholds over supervised"),
 )
 SCORES = {"mIoU": "val/mIoU", "boundary": "val/boundary_mIoU", "small objects": "val/small_object_mIoU"}
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45}  # Student's t, 97.5 % quantile, by degrees of freedom
