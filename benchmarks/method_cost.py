@@ -16,13 +16,12 @@ statistics (the sequential step's result); ``concat`` shares the statistics betw
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 
 import torch
 from reference_loop import speed_parser, start, sync
-from step_profile import MODELS, lightning_step_time, make_batch
+from step_profile import MODELS, alternating_step_times, make_batch
 
 from maskmatch_pl import MaskMatchModule
 
@@ -73,12 +72,7 @@ def main() -> None:
             for method, (extra, _) in METHODS.items()
             if method in args.methods or method.startswith("FixMatch")
         }
-        initial = copy.deepcopy(modules["FixMatch"].state_dict())
-        times: dict[str, list[float]] = {method: [] for method in modules}
-        for _ in range(args.rounds):
-            for method, module in modules.items():
-                module.load_state_dict(initial)
-                times[method].append(lightning_step_time(module, batch, args, args.repeats))
+        times = alternating_step_times(modules, batch, args)  # FixMatch first: all start from its weights
         print(f"### {name}, batch {batch_size} labeled + {batch_size} unlabeled\n")
         print("| method | step (ms) | / FixMatch with the same student forward | floor |\n|---|---|---|---|")
         for method, measured in times.items():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import statistics
 import subprocess
 import sys
@@ -217,6 +218,18 @@ def lightning_step_time(module: MaskMatchModule, batch: dict, args, repeats: int
     )
     trainer.fit(module, train_dataloaders=loaders)
     return statistics.median(times.times[2:])
+
+
+def alternating_step_times(modules: dict[str, MaskMatchModule], batch: dict, args) -> dict[str, list[float]]:
+    """Seconds per step of each module (:func:`lightning_step_time`), ``args.rounds`` rounds alternating
+    between them, every module starting each round from the first one's initial weights."""
+    initial = copy.deepcopy(next(iter(modules.values())).state_dict())
+    times: dict[str, list[float]] = {name: [] for name in modules}
+    for _ in range(args.rounds):
+        for name, module in modules.items():
+            module.load_state_dict(initial)
+            times[name].append(lightning_step_time(module, batch, args, args.repeats))
+    return times
 
 
 def own_peak_mib() -> float:

@@ -78,13 +78,16 @@ class PatchMasking:
     """The masked view's settings, checked once: ``ratio`` (or ``U(ratio, ratio_max)``) of the
     ``patch_size`` patches hidden, in a copy of the CutMixed ``strong`` view or of the ``weak`` one;
     the student is asked for the pseudo-labels of ``all`` its pixels (the paper: hidden ones
-    included) or of the ``visible`` ones only (a diagnostic: occlusion without inpainting)."""
+    included) or of the ``visible`` ones only (a diagnostic: occlusion without inpainting). In ``space``
+    ``pixel`` the hidden patches are painted the mean colour; in ``token`` (ViTs) the same patches are
+    dropped from the encoder's tokens (``SegmentationNetwork.forward_token_masked``)."""
 
     patch_size: int = 32
     ratio: float = 0.7
     ratio_max: float | None = None
     view: Literal["strong", "weak"] = "strong"
     loss_on: Literal["all", "visible"] = "all"
+    space: Literal["pixel", "token"] = "pixel"
 
     def __post_init__(self) -> None:
         if not isinstance(self.patch_size, int) or self.patch_size < 1:
@@ -97,18 +100,28 @@ class PatchMasking:
             raise ValueError(f"masked_view must be 'strong' or 'weak', got {self.view!r}")
         if self.loss_on not in ("all", "visible"):
             raise ValueError(f"masked_loss_on must be 'all' or 'visible', got {self.loss_on!r}")
+        if self.space not in ("pixel", "token"):
+            raise ValueError(f"mask_space must be 'pixel' or 'token', got {self.space!r}")
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """:func:`masked_view` of ``images`` with these settings."""
         return masked_view(images, self.patch_size, self.ratio, self.ratio_max, generator)
 
-    def apply(
+    def draw(
         self, images: torch.Tensor, targets: PseudoLabels, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, PseudoLabels]:
-        """The masked view of ``images`` and its targets: ``targets`` themselves, or with
-        ``loss_on='visible'`` the hidden pixels marked ignored (255) so that no loss reads them."""
+        """The pixel mask of the masked view of ``images`` (``B x 1 x H x W`` bool, True where visible)
+        and its targets: ``targets`` themselves, or with ``loss_on='visible'`` the hidden pixels marked
+        ignored (255) so that no loss reads them."""
         visible = _visible(images, self.patch_size, self.ratio, self.ratio_max, generator)
         if self.loss_on == "visible":
             hidden = ~visible[:, 0]
             targets = targets._replace(ignore_mask=targets.ignore_mask.masked_fill(hidden, IGNORE_INDEX))
+        return visible, targets
+
+    def apply(
+        self, images: torch.Tensor, targets: PseudoLabels, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, PseudoLabels]:
+        """The pixel-space masked view of ``images`` (:meth:`draw`'s hidden patches set to 0) and its targets."""
+        visible, targets = self.draw(images, targets, generator)
         return apply_patch_mask(images, visible), targets

@@ -35,6 +35,7 @@ from .network import (
     updates_running_stats,
 )
 from .optim import build_optimizer, poly_schedule
+from .perturbation import complementary_channel_masks
 from .targets import IGNORE_INDEX, PseudoLabels
 from .teacher import ScaleReference, Teacher
 from .thresholds import PseudoLabelThreshold, ThresholdKind
@@ -97,7 +98,13 @@ class MaskMatchModule(L.LightningModule):
         masked_loss_on: Which pixels of the masked view reach its loss: 'all' (the paper: hidden ones too, predicted
             from context) or 'visible' (a diagnostic: occlusion without inpainting).
         cutmix_prob: Probability that an unlabeled image gets a CutMix box from its partner.
+        mask_space: Where the masked view hides its patches: 'pixel' (painted the mean colour, any network) or
+            'token' (a ViT behind arch DPT: the hidden patches' tokens are dropped from the encoder, about the
+            visible share of its cost; mask_patch_size must be a multiple of the ViT's patch size).
         strong_views: 1 (FixMatch) or 2 (UniMatch); 2 needs 'strong2' in the unlabeled batches (data.strong_views 2).
+        strong_feature_dropout: 'none', or 'complementary': UniMatch V2's Complementary Dropout, the two strong
+            views decoded from encoder features under complementary channel masks, half the images unperturbed
+            (needs strong_views 2 and a network with ``forward_channel_masked``: arch DPT on a ViT).
         fp_dropout: Dropout2d rate of the feature-perturbation stream.
         teacher: 'shared' (the student's weights in eval mode, no gradient) or 'ema' (a moving average of them, saved
             in checkpoints).
@@ -167,8 +174,10 @@ class MaskMatchModule(L.LightningModule):
         mask_patch_size: int = 32,
         masked_view: Literal["strong", "weak"] = "strong",
         masked_loss_on: Literal["all", "visible"] = "all",
+        mask_space: Literal["pixel", "token"] = "pixel",
         cutmix_prob: float = 0.5,
         strong_views: Literal[1, 2] = 1,
+        strong_feature_dropout: Literal["none", "complementary"] = "none",
         fp_dropout: float = 0.5,
         teacher: Literal["shared", "ema"] = "shared",
         teacher_pass: Literal["eval", "joint"] = "eval",
@@ -232,7 +241,9 @@ class MaskMatchModule(L.LightningModule):
         self.weights = LossWeights(
             sup_weight, strong_weight, masked_weight, fp_weight, unsup_rampup_steps, masked_rampup_steps
         )
-        self.masking = PatchMasking(mask_patch_size, mask_ratio, mask_ratio_max, masked_view, masked_loss_on)
+        self.masking = PatchMasking(
+            mask_patch_size, mask_ratio, mask_ratio_max, masked_view, masked_loss_on, mask_space
+        )
         self.sup_loss = SupervisedLoss(sup_loss, ohem_thresh, ohem_min_kept)
         self.eval_protocol = EvalProtocol(eval_mode, eval_crop_size or 320, tuple(eval_scales), eval_flip)
         self.conf_threshold, self.cutmix_prob, self.fp_dropout = conf_threshold, cutmix_prob, fp_dropout
@@ -250,6 +261,8 @@ class MaskMatchModule(L.LightningModule):
         self.network = SegmentationNetwork(net, pad_multiple, channels_last)
         if fp_weight > 0:
             self.network.check_feature_perturbation()
+        self._check_vit_options(strong_feature_dropout, strong_views, mask_space, mask_patch_size, masked_weight)
+        self.strong_feature_dropout = strong_feature_dropout
         self.teacher = Teacher(
             self.network,
             teacher,
@@ -272,6 +285,28 @@ class MaskMatchModule(L.LightningModule):
         self.health, self.health_every = PseudoLabelHealth(num_classes), health_every
         self._seed = 0
         self._restored_seed: int | None = None  # the run's seed, from a checkpoint being resumed
+
+    def _check_vit_options(
+        self, feature_dropout: str, strong_views: int, mask_space: str, mask_patch_size: int, masked_weight: float
+    ) -> None:
+        """Refuse Complementary Dropout or token-space masking where the network or the views cannot take them."""
+        if feature_dropout not in ("none", "complementary"):
+            raise ValueError(f"strong_feature_dropout must be 'none' or 'complementary', got {feature_dropout!r}")
+        if feature_dropout == "complementary":
+            if strong_views != 2:
+                raise ValueError(
+                    f"strong_feature_dropout='complementary' pairs two strong views: it needs strong_views 2 "
+                    f"(and data.strong_views 2), got {strong_views}"
+                )
+            self.network.check_channel_masks()
+        if mask_space == "token" and masked_weight > 0:
+            self.network.check_token_masking()
+            patch = self.network.token_patch_size
+            if mask_patch_size % patch:
+                raise ValueError(
+                    f"mask_space='token' hides whole tokens: mask_patch_size must be a multiple of the ViT's patch "
+                    f"size {patch}, got {mask_patch_size} (e.g. {patch * max(1, round(mask_patch_size / patch))})"
+                )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Student logits ``B x C x H x W`` for normalised ``B x 3 x H x W`` images."""
@@ -313,18 +348,34 @@ class MaskMatchModule(L.LightningModule):
         strong = [cutmix(unlabeled[key], targets, self.cutmix_prob, rng) for key in self.strong_keys]
         # 3. masked modeling: a patch-masked copy of the strong (or weak) view, same targets
         views = {f"strong{i}": pair for i, pair in enumerate(strong)} if self.weights.strong > 0 else {}
+        masked_targets = token_masked = None
         if self.weights.masked > 0:
             source, source_targets = strong[0] if self.masking.view == "strong" else (unlabeled["image"], targets)
-            views["masked"] = self.masking.apply(source, source_targets, rng)
+            if self.masking.space == "token":  # the same patches, dropped from the ViT's tokens
+                visible, masked_targets = self.masking.draw(source, source_targets, rng)
+                token_masked = (source, visible)
+            else:
+                views["masked"] = self.masking.apply(source, source_targets, rng)
+                masked_targets = views["masked"][1]
+        channel_masks = None
+        if self.strong_feature_dropout == "complementary" and self.weights.strong > 0:
+            batch_size, width = len(strong[0][0]), self.network.channel_mask_width
+            channel_masks = complementary_channel_masks(batch_size, width, rng, strong[0][0].device)
+            perturbed_views = {name: views.pop(name)[0] for name in ("strong0", "strong1")}
         # 4. the student on every view, each against its targets
         logits = self._student({"sup": labeled["image"]} if sup_logits is None else {}, views)
+        if channel_masks is not None:
+            logits.update(self._channel_masked(perturbed_views, channel_masks))
+        if token_masked is not None:
+            with maybe_frozen(self.network, not updates_running_stats(self.norm_stats, "masked")):
+                logits["masked"] = self.network.forward_token_masked(*token_masked)
         losses = {"sup": self.sup_loss(logits.get("sup", sup_logits), labeled["mask"])}
         if self.weights.strong > 0:
             losses["strong"] = torch.stack(
                 [consistency_loss(logits[f"strong{i}"], t, threshold) for i, (_, t) in enumerate(strong)]
             ).mean()
-        if "masked" in views:
-            losses["masked"] = consistency_loss(logits["masked"], views["masked"][1], threshold)
+        if masked_targets is not None:
+            losses["masked"] = consistency_loss(logits["masked"], masked_targets, threshold)
         if self.weights.fp > 0:  # UniMatch: the decoder on perturbed features of the weak view
             losses["fp"] = consistency_loss(self._perturbed(unlabeled["image"]), targets, threshold)
         return self._total(losses, labeled, strong[0][1], threshold)
@@ -410,6 +461,16 @@ class MaskMatchModule(L.LightningModule):
             with running_norm_statistics(self.network):
                 logits["masked"] = self.network(masked)
         return logits
+
+    def _channel_masked(
+        self, views: dict[str, torch.Tensor], channel_masks: tuple[torch.Tensor, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The two strong views' logits under Complementary Dropout, in one forward as UniMatch V2's
+        (its normalisation layers see both views together)."""
+        names, images = list(views), list(views.values())
+        with maybe_frozen(self.network, not all(updates_running_stats(self.norm_stats, n) for n in names)):
+            logits = self.network.forward_channel_masked(torch.cat(images), torch.cat(channel_masks))
+        return dict(zip(names, logits.split([len(i) for i in images])))
 
     def _perturbed(self, weak: torch.Tensor) -> torch.Tensor:
         with maybe_frozen(self.network, not updates_running_stats(self.norm_stats, "fp")):

@@ -258,3 +258,69 @@ class SegmentationNetwork(nn.Module):
         features = self.net.encoder(self._pad(images))
         perturbed = [features[0]] + [F.dropout2d(f, dropout, training=True) for f in features[1:]]
         return self.net.segmentation_head(self.net.decoder(perturbed))[..., :height, :width]
+
+    @property
+    def channel_mask_width(self) -> int | None:
+        """The channel count ``D`` of the features :meth:`forward_channel_masked` scales (the ViT's
+        width), or None for a network without ``forward_channel_masked``."""
+        if not callable(getattr(self.net, "forward_channel_masked", None)):
+            return None
+        return int(getattr(self.net.encoder, "embed_dim", self.net.encoder.num_features))
+
+    def forward_channel_masked(self, images: torch.Tensor, channel_mask: torch.Tensor) -> torch.Tensor:
+        """Logits of ``images`` decoded from encoder features scaled by ``channel_mask`` (``B x D``):
+        UniMatch V2's Complementary Dropout (:mod:`maskmatch_pl.perturbation`).
+
+        Raises:
+            TypeError: the network has no ``forward_channel_masked`` (``arch: DPT`` on a ViT has).
+        """
+        self.check_channel_masks()
+        height, width = images.shape[-2:]
+        return self.net.forward_channel_masked(self._pad(images), channel_mask)[..., :height, :width]
+
+    def check_channel_masks(self) -> None:
+        """Raise a ``TypeError`` that says what is missing if the network cannot take channel masks."""
+        self._require(
+            "forward_channel_masked", "Complementary Dropout (strong_feature_dropout: complementary)",
+            "strong_feature_dropout: none",
+        )  # fmt: skip
+
+    def _require(self, method: str, feature: str, fallback: str) -> None:
+        if not callable(getattr(self.net, method, None)):
+            raise TypeError(
+                f"{feature} needs a network with a `{method}` method, as arch DPT on a timm ViT has; "
+                f"{type(self.net).__name__} has none. Set {fallback}."
+            )
+
+    @property
+    def token_patch_size(self) -> int | None:
+        """The patch size of a network that can run the masked view in token space
+        (:meth:`forward_token_masked`), or None."""
+        if not callable(getattr(self.net, "forward_token_masked", None)):
+            return None
+        return int(self.net.patch_size)
+
+    def forward_token_masked(self, images: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Logits of the masked view of ``images`` (``B x 3 x H x W``) computed in token space: the
+        patches hidden in ``visible`` (``B x 1 x H x W`` bool, the pixel mask of
+        :func:`~maskmatch_pl.masking.random_patch_mask`) are dropped from the encoder's tokens
+        (``PatchDPT.forward_token_masked``) instead of painted grey. The padding takes the visibility of
+        the patch at the border it extends, so that a token across the image's border is wholly hidden or
+        wholly visible.
+
+        Raises:
+            TypeError: the network cannot drop tokens (only ``arch: DPT`` on a timm ViT can).
+            ValueError: the mask's patches are not whole tokens.
+        """
+        self.check_token_masking()
+        height, width = images.shape[-2:]
+        padded = self._pad(images)
+        pad_h, pad_w = padded.shape[-2] - height, padded.shape[-1] - width
+        if pad_h or pad_w:
+            visible = F.pad(visible.float(), (0, pad_w, 0, pad_h), mode="replicate") > 0.5
+        tokens = self.net.token_visibility(visible)
+        return self.net.forward_token_masked(padded, tokens)[..., :height, :width]
+
+    def check_token_masking(self) -> None:
+        """Raise a ``TypeError`` that says what is missing if the network cannot drop patch tokens."""
+        self._require("forward_token_masked", "the masked view in token space (mask_space: token)", "mask_space: pixel")

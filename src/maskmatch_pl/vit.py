@@ -118,3 +118,76 @@ class PatchDPT(nn.Module):
         features, prefix_tokens = self._features(images)
         perturbed = [F.dropout2d(f, dropout, training=True) for f in features]
         return self._decode(perturbed, prefix_tokens, tuple(images.shape[-2:]))
+
+    def forward_channel_masked(self, images: torch.Tensor, channel_mask: torch.Tensor) -> torch.Tensor:
+        """Logits decoded from token features scaled per image and channel by ``channel_mask``
+        (``B x D``, the encoder's width), the same mask on every block the decoder reads, as UniMatch V2's
+        Complementary Dropout (``model/semseg/dpt.py``, ``comp_drop``); the masks come from
+        :func:`~maskmatch_pl.perturbation.complementary_channel_masks`."""
+        features, prefix_tokens = self._features(images)
+        scaled = [f * channel_mask[:, :, None, None].to(f.dtype) for f in features]
+        return self._decode(scaled, prefix_tokens, tuple(images.shape[-2:]))
+
+    def token_visibility(self, visible: torch.Tensor) -> torch.Tensor:
+        """``B x h x w`` bool, True for the patch tokens whose pixels are visible in the pixel mask
+        ``visible`` (``B x 1 x H x W`` bool, ``H`` and ``W`` multiples of the patch size).
+
+        Raises:
+            ValueError: a token would be partly hidden (the mask's patches are not aligned to the token grid).
+        """
+        patch = self.patch_size
+        if visible.shape[-2] % patch or visible.shape[-1] % patch:
+            size = tuple(visible.shape[-2:])
+            raise ValueError(f"the pixel mask's size {size} is not a multiple of the patch size {patch}")
+        share = F.avg_pool2d(visible.float(), patch)[:, 0]  # visible share of each token's pixels
+        if ((share > 0) & (share < 1)).any():
+            raise ValueError(
+                f"a patch token of {patch} px is partly hidden: the masked view's patches must be whole tokens "
+                f"(model.mask_patch_size a multiple of {patch})"
+            )
+        return share > 0.5
+
+    def forward_token_masked(self, images: torch.Tensor, visible_tokens: torch.Tensor) -> torch.Tensor:
+        """MaskMatch's masked view in token space: ``B x C x H x W`` logits from the patch tokens of
+        ``images`` where ``visible_tokens`` (``B x H/patch x W/patch`` bool) is True.
+
+        The hidden tokens never enter the encoder (its blocks attend over the visible ones and the prefix
+        tokens only; images with fewer visible tokens are padded and those keys masked out of attention),
+        so the masked view costs about the visible share of an encoder forward; before the decoder every
+        hidden position of each block's token grid is filled with a zero token (the decoder's
+        convolutions inpaint them from their neighbours). The pixels under hidden tokens are never read.
+        """
+        from timm.models._features import feature_take_indices
+
+        encoder, batch = self.encoder, images.shape[0]
+        tokens = encoder.norm_pre(encoder.patch_drop(encoder._pos_embed(encoder.patch_embed(images))))
+        n_prefix = encoder.num_prefix_tokens
+        prefix, patches = tokens[:, :n_prefix], tokens[:, n_prefix:]
+        keep = visible_tokens.reshape(batch, -1)
+        if keep.shape[1] != patches.shape[1]:
+            raise ValueError(f"visible_tokens has {keep.shape[1]} tokens per image, the encoder {patches.shape[1]}")
+        counts = keep.sum(1)
+        length = max(int(counts.max()), 1)
+        # the visible tokens first, each image's in grid order; then its hidden ones (padding, masked out)
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :length]
+        width = patches.shape[-1]
+        x = torch.cat([prefix, patches.gather(1, order[..., None].expand(-1, -1, width))], dim=1)
+        attn_mask = None
+        if bool((counts < length).any()):  # additive: padded keys get the dtype's lowest value
+            padded = torch.arange(length, device=images.device)[None] >= counts[:, None]
+            padded = torch.cat([padded.new_zeros(batch, n_prefix), padded], dim=1)
+            attn_mask = torch.zeros(padded.shape, dtype=x.dtype, device=x.device)
+            attn_mask = attn_mask.masked_fill(padded, torch.finfo(x.dtype).min)[:, None, None, :]
+        take, _ = feature_take_indices(len(encoder.blocks), self.output_indices)
+        grid_h, grid_w = visible_tokens.shape[-2:]
+        features, prefix_tokens = [], []
+        for index, block in enumerate(encoder.blocks):
+            x = block(x) if attn_mask is None else block(x, attn_mask=attn_mask)
+            if index in take:
+                scattered = x.new_zeros(batch, keep.shape[1], width).scatter(
+                    1, order[..., None].expand(-1, -1, width), x[:, n_prefix:]
+                )
+                grid = torch.where(keep[..., None], scattered, 0.0)  # zero tokens where hidden
+                features.append(grid.reshape(batch, grid_h, grid_w, width).permute(0, 3, 1, 2))
+                prefix_tokens.append(x[:, :n_prefix] if self.has_prefix_tokens else None)
+        return self._decode(features, prefix_tokens, tuple(images.shape[-2:]))
