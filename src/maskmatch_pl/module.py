@@ -98,13 +98,9 @@ class MaskMatchModule(L.LightningModule):
         masked_loss_on: Which pixels of the masked view reach its loss: 'all' (the paper: hidden ones too, predicted
             from context) or 'visible' (a diagnostic: occlusion without inpainting).
         cutmix_prob: Probability that an unlabeled image gets a CutMix box from its partner.
-        mask_space: Where the masked view hides its patches: 'pixel' (painted the mean colour, any network) or
-            'token' (a ViT behind arch DPT: the hidden patches' tokens are dropped from the encoder, about the
-            visible share of its cost; mask_patch_size must be a multiple of the ViT's patch size).
+        mask_space: 'pixel' or 'token' (ViT: hidden patches never enter the encoder).
         strong_views: 1 (FixMatch) or 2 (UniMatch); 2 needs 'strong2' in the unlabeled batches (data.strong_views 2).
-        strong_feature_dropout: 'none', or 'complementary': UniMatch V2's Complementary Dropout, the two strong
-            views decoded from encoder features under complementary channel masks, half the images unperturbed
-            (needs strong_views 2 and a network with ``forward_channel_masked``: arch DPT on a ViT).
+        strong_feature_dropout: 'none' or 'complementary' (UniMatch V2; a ViT).
         fp_dropout: Dropout2d rate of the feature-perturbation stream.
         teacher: 'shared' (the student's weights in eval mode, no gradient) or 'ema' (a moving average of them, saved
             in checkpoints).
