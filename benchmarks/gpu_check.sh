@@ -4,8 +4,9 @@
 #   1. DeepLabV3+ ResNet-50 at 320 px: FixMatch vs MaskMatch (method_cost.py), fp32 and bf16-mixed;
 #      the channels-last layout against the default (memory_format.py), bf16-mixed;
 #   2. DINOv2-S under the DPT head at 518 px: FixMatch vs MaskMatch, masked view in pixels vs tokens
-#      (vit_cost.py), fp32 and bf16-mixed.
-# torch.compile rows are not in it yet.
+#      (vit_cost.py), fp32 and bf16-mixed;
+#   3. both again in bf16-mixed with the network under torch.compile (--compile; the token-masked
+#      forward runs eagerly: compile wraps only the network's forward).
 #   bash benchmarks/gpu_check.sh                  # on the lent GPU
 #   DEVICE=cpu VIT_SIZE=56 REPEATS=1 bash benchmarks/gpu_check.sh   # the same script, tiny, on a CPU
 set -euo pipefail
@@ -22,4 +23,7 @@ for precision in 32-true bf16-mixed; do
     --methods "MaskMatch, 3 teacher scales (paper)" "MaskMatch, 1 teacher scale (demo)"
   python vit_cost.py --device "$DEVICE" --precision "$precision" --size "$VIT_SIZE" --repeats "$REPEATS" --rounds 1
 done
+python method_cost.py --device "$DEVICE" --precision bf16-mixed --compile --models "$CNN" --repeats "$REPEATS" \
+  --rounds 1 --methods "MaskMatch, 3 teacher scales (paper)" "MaskMatch, 1 teacher scale (demo)"
+python vit_cost.py --device "$DEVICE" --precision bf16-mixed --compile --size "$VIT_SIZE" --repeats "$REPEATS" --rounds 1
 python memory_format.py --device "$DEVICE" --precision bf16-mixed --models "$CNN" --repeats "$REPEATS" --rounds 1

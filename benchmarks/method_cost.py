@@ -20,7 +20,7 @@ import statistics
 import time
 
 import torch
-from reference_loop import speed_parser, start, sync
+from reference_loop import compiled, speed_parser, start, sync
 from step_profile import MODELS, alternating_step_times, make_batch
 
 from maskmatch_pl import MaskMatchModule
@@ -68,7 +68,9 @@ def main() -> None:
         kwargs, size, batch_size = MODELS[name]
         batch = make_batch(size, batch_size, args.device)
         modules = {
-            method: MaskMatchModule(num_classes=11, encoder_weights=None, **kwargs, **extra).to(args.device)
+            method: compiled(
+                MaskMatchModule(num_classes=11, encoder_weights=None, **kwargs, **extra).to(args.device), args
+            )
             for method, (extra, _) in METHODS.items()
             if method in args.methods or method.startswith("FixMatch")
         }

@@ -150,6 +150,7 @@ def speed_parser(
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per round (after 2 warm-up steps)")
     parser.add_argument("--rounds", type=int, default=rounds, help="rounds, alternating between the rows compared")
     parser.add_argument("--models", nargs="+", default=models, choices=list(MODELS))
+    parser.add_argument("--compile", action="store_true", help="torch.compile each module's network")
     if methods is not None:
         parser.add_argument("--methods", nargs="+", default=list(methods), choices=list(methods))
     return parser
@@ -160,7 +161,16 @@ def start(args: argparse.Namespace) -> None:
     quiet()
     torch.manual_seed(0)
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    print(f"device {args.device} ({where}), precision {args.precision}, torch {torch.__version__}\n")
+    compiled = ", torch.compile" if getattr(args, "compile", False) else ""
+    print(f"device {args.device} ({where}), precision {args.precision}{compiled}, torch {torch.__version__}\n")
+
+
+def compiled(module: MaskMatchModule, args: argparse.Namespace) -> MaskMatchModule:
+    """``module`` with its network under ``torch.compile`` when ``--compile`` was given (the wrapped
+    network's other methods, such as ``forward_token_masked``, run eagerly)."""
+    if getattr(args, "compile", False):
+        module.network.net = torch.compile(module.network.net)
+    return module
 
 
 def sync(device: str) -> None:

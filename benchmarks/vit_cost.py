@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reference_loop import speed_parser, start
+from reference_loop import compiled, speed_parser, start
 from step_profile import alternating_step_times, make_batch
 
 from maskmatch_pl import MaskMatchModule
@@ -87,7 +87,8 @@ def main() -> None:
     batch = make_batch(args.size, args.batch_size, args.device)
     batch["labeled"]["mask"] = batch["labeled"]["mask"] % 21
     modules = {
-        row: MaskMatchModule(**module_kwargs(args.size), **extra).to(args.device) for row, (extra, _) in ROWS.items()
+        row: compiled(MaskMatchModule(**module_kwargs(args.size), **extra).to(args.device), args)
+        for row, (extra, _) in ROWS.items()
     }
     times = alternating_step_times(modules, batch, args)
     fixmatch = statistics.median(times["FixMatch"])
