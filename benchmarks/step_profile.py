@@ -118,7 +118,7 @@ def profile(module: MaskMatchModule, kwargs: dict, batch: dict, args, repeats: i
         else contextlib.nullcontext()
     )
     timer = Timer(device)
-    weights, threshold = module.weights, module.conf_threshold
+    weights, threshold = module.weights, module.threshold.tau
     labeled, unlabeled = batch["labeled"], batch["unlabeled"]
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9)
     for iteration in range(repeats + 2):
@@ -131,13 +131,13 @@ def profile(module: MaskMatchModule, kwargs: dict, batch: dict, args, repeats: i
                 )
             with timer("CutMix + patch masks"):
                 rng = torch.Generator().manual_seed(iteration)
-                strong, targets = cutmix(unlabeled["strong"], targets, module.cutmix_prob, rng)
+                strong, targets = cutmix(unlabeled["strong"], targets, module.method.cutmix_prob, rng)
                 masked = module.masking(strong, rng)
             with timer("student labeled + strong pass"):
                 logits_l, logits_s = forward_views(
                     module.network, [labeled["image"], strong], update_stats=[True, False]
                 )
-                loss = weights.sup * module.sup_loss(logits_l, labeled["mask"]) + weights.strong * consistency_loss(
+                loss = weights.sup * module.method.sup_loss(logits_l, labeled["mask"]) + weights.strong * consistency_loss(
                     logits_s, targets, threshold
                 )
             with timer("student masked pass"):

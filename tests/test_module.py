@@ -372,8 +372,8 @@ def test_ema_teacher_follows_the_student_and_is_saved(tiny_module_kwargs):
     module = MaskMatchModule(**{**tiny_module_kwargs, "teacher": "ema", "ema_momentum": 0.9})
     teacher = module.teacher.ema
     assert not any(p.requires_grad for p in teacher.parameters())
-    assert any(k.startswith("teacher.ema.") for k in module.state_dict())
-    assert not any(k.startswith("teacher.") for k in MaskMatchModule(**tiny_module_kwargs).state_dict())
+    assert any(k.startswith("method.teacher.ema.") for k in module.state_dict())
+    assert not any(k.startswith("method.teacher.") for k in MaskMatchModule(**tiny_module_kwargs).state_dict())
     student = dict(module.network.named_parameters())
     teacher_before = {k: v.clone() for k, v in teacher.named_parameters()}
     with torch.no_grad():
@@ -413,7 +413,7 @@ def test_ema_teacher_updates_once_per_optimiser_step_under_gradient_accumulation
 def test_joint_teacher_pass_takes_pseudo_labels_from_the_labeled_batch_forward(tiny_module_kwargs, monkeypatch):
     import copy
 
-    import maskmatch_pl.module as module_file
+    import maskmatch_pl.step as module_file
 
     seen = []
     real = module_file.consistency_loss

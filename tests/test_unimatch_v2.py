@@ -19,7 +19,7 @@ from .test_module import make_batch
 from .test_vit import TINY_HEAD, TINY_VIT, tiny_vit
 
 cutmix_file = importlib.import_module("maskmatch_pl.cutmix")
-module_file = importlib.import_module("maskmatch_pl.module")
+module_file = importlib.import_module("maskmatch_pl.step")
 
 
 def test_complementary_masks_are_unimatch_v2s():

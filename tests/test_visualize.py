@@ -92,7 +92,7 @@ def fake_parts(tmp_path, label, confidence, prediction, threshold=0.9, step=7):
         eval_protocol=SimpleNamespace(region=lambda x: x),
         predict_labels=lambda batch: logits[: len(batch["image"])].argmax(1),
         teacher=Teacher(label, confidence),
-        conf_threshold=threshold,
+        threshold=SimpleNamespace(tau=threshold),
         masking=lambda x, generator: torch.zeros_like(x),
         class_names=NAMES,
     )

@@ -125,7 +125,9 @@ def load_student(checkpoint: str | os.PathLike) -> tuple[SegmentationNetwork, li
     try:
         net = build_smp_model(hp["arch"], hp["encoder_name"], None, hp["num_classes"], **(hp.get("model_kwargs") or {}))
         network = SegmentationNetwork(net, hp.get("pad_multiple"))
-        weights = {k.removeprefix("network."): v for k, v in saved["state_dict"].items() if k.startswith("network.")}
+        state = saved["state_dict"]
+        prefix = "method.network." if any(k.startswith("method.network.") for k in state) else "network."  # older
+        weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
         network.load_state_dict(weights)
     except (KeyError, RuntimeError) as error:
         raise RuntimeError(

@@ -16,29 +16,22 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from .batch import check_batch, strong_keys
-from .cutmix import cutmix
+from .batch import check_batch
 from .evaluation import EvalMode, EvalProtocol, iou_from_confusion, mean_iou, size_groups
 from .health import PseudoLabelHealth
 from .locality import LocalityScores
-from .losses import LossWeights, SupervisedLoss, consistency_loss, rampup_factor
+from .losses import LossWeights, SupervisedLoss, rampup_factor
 from .masking import PatchMasking
 from .monitoring import PseudoLabelMonitor
 from .multiscale import Fusion
-from .network import (
-    NormStats,
-    SegmentationNetwork,
-    build_smp_model,
-    forward_views,
-    maybe_frozen,
-    running_norm_statistics,
-    updates_running_stats,
-)
+from .network import NormStats, SegmentationNetwork, build_smp_model
 from .optim import build_optimizer, poly_schedule
-from .perturbation import complementary_channel_masks
-from .targets import IGNORE_INDEX, PseudoLabels
+from .step import MaskMatchStep, StepOutput, TeacherOutput
+from .targets import IGNORE_INDEX
 from .teacher import ScaleReference, Teacher
 from .thresholds import PseudoLabelThreshold, ThresholdKind
+
+PARTS_BEFORE_STEP = ("network.", "teacher.", "threshold.")  # checkpoint keys now under ``method.``
 
 
 class MaskMatchModule(L.LightningModule):
@@ -201,30 +194,6 @@ class MaskMatchModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
-        for name, value in (("conf_threshold", conf_threshold), ("cutmix_prob", cutmix_prob)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if student_forward not in ("sequential", "batched", "concat"):
-            raise ValueError(f"student_forward must be 'sequential', 'batched' or 'concat', got {student_forward!r}")
-        updates_running_stats(norm_stats, "sup")  # refuses an unknown policy
-        # concat shares one forward, so every student view in it must move the running statistics
-        concat_views = ("sup", "strong0", "masked") if masked_weight > 0 else ("sup", "strong0")
-        if student_forward == "concat" and not all(updates_running_stats(norm_stats, v) for v in concat_views):
-            raise ValueError(
-                f"norm_stats={norm_stats!r} needs student_forward 'sequential' or 'batched': concat shares "
-                "BatchNorm statistics between the views; with concat set norm_stats='all'"
-            )
-        if teacher_pass == "joint" and not updates_running_stats(norm_stats, "weak"):
-            raise ValueError(
-                "teacher_pass='joint' runs the weak view in the labeled batch's train-mode forward, which updates the "
-                f"BatchNorm running statistics from it: it needs norm_stats 'all' or 'unmasked', got {norm_stats!r}"
-            )
-        if teacher_pass == "joint" and teacher != "shared":
-            raise ValueError("teacher_pass='joint' needs teacher='shared': an EMA teacher has weights of its own")
-        if teacher_pass == "joint" and pseudo_label_scale_reference != "view":
-            raise ValueError(
-                "teacher_pass='joint' predicts the weak view as it comes: it needs pseudo_label_scale_reference='view'"
-            )
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if num_classes < 2:
@@ -234,40 +203,40 @@ class MaskMatchModule(L.LightningModule):
             )
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
-        self.weights = LossWeights(
-            sup_weight, strong_weight, masked_weight, fp_weight, unsup_rampup_steps, masked_rampup_steps
-        )
-        self.masking = PatchMasking(
-            mask_patch_size, mask_ratio, mask_ratio_max, masked_view, masked_loss_on, mask_space
-        )
-        self.sup_loss = SupervisedLoss(sup_loss, ohem_thresh, ohem_min_kept)
-        self.eval_protocol = EvalProtocol(eval_mode, eval_crop_size or 320, tuple(eval_scales), eval_flip)
-        self.conf_threshold, self.cutmix_prob, self.fp_dropout = conf_threshold, cutmix_prob, fp_dropout
-        self.strong_keys = strong_keys(strong_views)
-        self.teacher_pass, self.student_forward, self.norm_stats = teacher_pass, student_forward, norm_stats
-        if masked_norm not in ("batch", "running"):
-            raise ValueError(f"masked_norm must be 'batch' or 'running', got {masked_norm!r}")
-        self.masked_norm = masked_norm
-        self.class_names = class_names or [str(i) for i in range(num_classes)]
+        if health_every < 0:
+            raise ValueError(f"health_every must be >= 0, got {health_every}")
         net = (
             model
             if model is not None
             else build_smp_model(arch, encoder_name, encoder_weights, num_classes, **(model_kwargs or {}))
         )
-        self.network = SegmentationNetwork(net, pad_multiple, channels_last)
-        if fp_weight > 0:
-            self.network.check_feature_perturbation()
-        self._check_vit_options(strong_feature_dropout, strong_views, mask_space, mask_patch_size, masked_weight)
-        self.strong_feature_dropout = strong_feature_dropout
-        self.teacher = Teacher(
-            self.network,
-            teacher,
-            ema_momentum,
-            pseudo_label_scales,
-            pseudo_label_flip,
-            pseudo_label_fusion,
-            pseudo_label_scale_reference,
+        network = SegmentationNetwork(net, pad_multiple, channels_last)
+        self.method = MaskMatchStep(
+            network,
+            Teacher(
+                network,
+                teacher,
+                ema_momentum,
+                pseudo_label_scales,
+                pseudo_label_flip,
+                pseudo_label_fusion,
+                pseudo_label_scale_reference,
+            ),
+            PseudoLabelThreshold(pseudo_label_threshold, conf_threshold, num_classes, threshold_momentum),
+            LossWeights(sup_weight, strong_weight, masked_weight, fp_weight, unsup_rampup_steps, masked_rampup_steps),
+            PatchMasking(mask_patch_size, mask_ratio, mask_ratio_max, masked_view, masked_loss_on, mask_space),
+            SupervisedLoss(sup_loss, ohem_thresh, ohem_min_kept),
+            cutmix_prob=cutmix_prob,
+            strong_views=strong_views,
+            fp_dropout=fp_dropout,
+            teacher_pass=teacher_pass,
+            student_forward=student_forward,
+            norm_stats=norm_stats,
+            masked_norm=masked_norm,
+            strong_feature_dropout=strong_feature_dropout,
         )
+        self.eval_protocol = EvalProtocol(eval_mode, eval_crop_size or 320, tuple(eval_scales), eval_flip)
+        self.class_names = class_names or [str(i) for i in range(num_classes)]
         # the confusion matrix summed over the set (synced under DDP); IoU and mIoU are computed from it
         self.val_iou = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
         self.test_iou = self.val_iou.clone()
@@ -275,34 +244,34 @@ class MaskMatchModule(L.LightningModule):
         self.test_locality = self.val_locality.clone()
         other_scales = [f"pseudo_scale_{s:g}" for s in pseudo_label_scales if len(pseudo_label_scales) > 1 and s != 1.0]
         self.pseudo_monitor = PseudoLabelMonitor(num_classes, ["pseudo", "pseudo_single_scale", *other_scales])
-        self.threshold = PseudoLabelThreshold(pseudo_label_threshold, conf_threshold, num_classes, threshold_momentum)
-        if health_every < 0:
-            raise ValueError(f"health_every must be >= 0, got {health_every}")
         self.health, self.health_every = PseudoLabelHealth(num_classes), health_every
         self._seed = 0
         self._restored_seed: int | None = None  # the run's seed, from a checkpoint being resumed
 
-    def _check_vit_options(
-        self, feature_dropout: str, strong_views: int, mask_space: str, mask_patch_size: int, masked_weight: float
-    ) -> None:
-        """Refuse Complementary Dropout or token-space masking where the network or the views cannot take them."""
-        if feature_dropout not in ("none", "complementary"):
-            raise ValueError(f"strong_feature_dropout must be 'none' or 'complementary', got {feature_dropout!r}")
-        if feature_dropout == "complementary":
-            if strong_views != 2:
-                raise ValueError(
-                    f"strong_feature_dropout='complementary' pairs two strong views: it needs strong_views 2 "
-                    f"(and data.strong_views 2), got {strong_views}"
-                )
-            self.network.check_channel_masks()
-        if mask_space == "token" and masked_weight > 0:
-            self.network.check_token_masking()
-            patch = self.network.token_patch_size
-            if mask_patch_size % patch:
-                raise ValueError(
-                    f"mask_space='token' hides whole tokens: mask_patch_size must be a multiple of the ViT's patch "
-                    f"size {patch}, got {mask_patch_size} (e.g. {patch * max(1, round(mask_patch_size / patch))})"
-                )
+    @property
+    def network(self) -> SegmentationNetwork:
+        """The student (``method.network``)."""
+        return self.method.network
+
+    @property
+    def teacher(self) -> Teacher:
+        """The teacher (``method.teacher``)."""
+        return self.method.teacher
+
+    @property
+    def threshold(self) -> PseudoLabelThreshold:
+        """The confidence threshold (``method.threshold``)."""
+        return self.method.threshold
+
+    @property
+    def weights(self) -> LossWeights:
+        """The loss weights (``method.weights``)."""
+        return self.method.weights
+
+    @property
+    def masking(self) -> PatchMasking:
+        """The masked view's settings (``method.masking``)."""
+        return self.method.masking
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Student logits ``B x C x H x W`` for normalised ``B x 3 x H x W`` images."""
@@ -332,49 +301,23 @@ class MaskMatchModule(L.LightningModule):
         return hash((self._seed, self.global_rank, self.global_step, batch_idx)) & 0x7FFF_FFFF_FFFF_FFFF
 
     def _step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """One training step, as the paper's algorithm (see the class docstring)."""
+        """One training step (:class:`~maskmatch_pl.step.MaskMatchStep`), then the diagnostics that read it."""
         labeled, unlabeled = self._checked(batch, batch_idx)
-        if unlabeled is None:  # the supervised baseline needs no unlabeled loader
-            return self._total({"sup": self.sup_loss(self.network(labeled["image"]), labeled["mask"])}, labeled)
-        rng = self._rng()
-        # 1. teacher: pseudo-labels on the weak view, fused over scales
-        sup_logits, targets, threshold = self._pseudo_labels(labeled, unlabeled)
-        self._check_health(labeled["mask"], unlabeled, targets, threshold)
-        # 2. strong views, CutMixed together with their targets
-        strong = [cutmix(unlabeled[key], targets, self.cutmix_prob, rng) for key in self.strong_keys]
-        # 3. masked modeling: a patch-masked copy of the strong (or weak) view, same targets
-        views = {f"strong{i}": pair for i, pair in enumerate(strong)} if self.weights.strong > 0 else {}
-        masked_targets = token_masked = None
-        if self.weights.masked > 0:
-            source, source_targets = strong[0] if self.masking.view == "strong" else (unlabeled["image"], targets)
-            if self.masking.space == "token":  # the same patches, dropped from the ViT's tokens
-                visible, masked_targets = self.masking.draw(source, source_targets, rng)
-                token_masked = (source, visible)
-            else:
-                views["masked"] = self.masking.apply(source, source_targets, rng)
-                masked_targets = views["masked"][1]
-        channel_masks = None
-        if self.strong_feature_dropout == "complementary" and self.weights.strong > 0:
-            batch_size, width = len(strong[0][0]), self.network.channel_mask_width
-            channel_masks = complementary_channel_masks(batch_size, width, rng, strong[0][0].device)
-            perturbed_views = {name: views.pop(name)[0] for name in ("strong0", "strong1")}
-        # 4. the student on every view, each against its targets
-        logits = self._student({"sup": labeled["image"]} if sup_logits is None else {}, views)
-        if channel_masks is not None:
-            logits.update(self._channel_masked(perturbed_views, channel_masks))
-        if token_masked is not None:
-            with maybe_frozen(self.network, not updates_running_stats(self.norm_stats, "masked")):
-                logits["masked"] = self.network.forward_token_masked(*token_masked)
-        losses = {"sup": self.sup_loss(logits.get("sup", sup_logits), labeled["mask"])}
-        if self.weights.strong > 0:
-            losses["strong"] = torch.stack(
-                [consistency_loss(logits[f"strong{i}"], t, threshold) for i, (_, t) in enumerate(strong)]
-            ).mean()
-        if masked_targets is not None:
-            losses["masked"] = consistency_loss(logits["masked"], masked_targets, threshold)
-        if self.weights.fp > 0:  # UniMatch: the decoder on perturbed features of the weak view
-            losses["fp"] = consistency_loss(self._perturbed(unlabeled["image"]), targets, threshold)
-        return self._total(losses, labeled, strong[0][1], threshold)
+        monitored = unlabeled is not None and "monitor_mask" in unlabeled
+        flip_pair = bool(self.health_every) and self.global_step % self.health_every == 0
+        out = self.method(
+            labeled,
+            unlabeled,
+            step=self.global_step,
+            generator=self._rng(),
+            single_scale=monitored,
+            flip_pair=flip_pair,
+        )
+        if out.teacher is not None:
+            if monitored:
+                self._monitor(out.teacher, unlabeled)
+            self.health.update(labeled["mask"], out.teacher.pseudo_labels, out.teacher.threshold, out.teacher.flip_pair)
+        return self._log_step(out, len(labeled["image"]))
 
     def _checked(self, batch: dict[str, Any], batch_idx: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
         labeled = batch["labeled"]
@@ -384,7 +327,7 @@ class MaskMatchModule(L.LightningModule):
         if not self.weights.uses_unlabeled:
             return labeled, None
         unlabeled = batch.get("unlabeled")
-        check_batch(unlabeled, "unlabeled", images=("image", *self.strong_keys))
+        check_batch(unlabeled, "unlabeled", images=("image", *self.method.strong_keys))
         return labeled, unlabeled
 
     def _rng(self) -> torch.Generator:
@@ -393,106 +336,31 @@ class MaskMatchModule(L.LightningModule):
         seed = hash((self._seed, self.global_rank, self.global_step)) & 0x7FFF_FFFF_FFFF_FFFF
         return torch.Generator().manual_seed(seed)
 
-    def _pseudo_labels(
-        self, labeled: dict[str, Any], unlabeled: dict[str, Any]
-    ) -> tuple[torch.Tensor | None, PseudoLabels, float | torch.Tensor]:
-        """The teacher's targets for the weak view and the confidence threshold(s) they are held to;
-        with ``teacher_pass='joint'`` also the labeled logits of the train-mode forward the two
-        batches shared (the reference)."""
-        weak, sup_logits, view_scale = unlabeled["image"], None, unlabeled.get("view_scale")
-        if self.teacher_pass == "joint":
-            both = self.network(torch.cat([labeled["image"], weak]))
-            sup_logits, weak_logits = both.split([len(labeled["image"]), len(weak)])
-            per_scale = self.teacher.joint_scale_probabilities(weak, weak_logits)
-        else:
-            per_scale = self.teacher.scale_probabilities(weak, view_scale=view_scale)
-        fused = self.teacher.fuse(per_scale)
-        ignore_mask = unlabeled.get("ignore_mask")
-        valid = None if ignore_mask is None else ignore_mask != IGNORE_INDEX
-        threshold = self.threshold.update(fused, valid, labeled["mask"])
-        if "monitor_mask" in unlabeled:  # true masks, for measuring only: no loss reads them
-            scales = list(self.teacher.scales)
-            single = (
-                per_scale[scales.index(1.0)]
-                if 1.0 in scales
-                else self.teacher.scale_probabilities(weak, [1.0], view_scale)[0]
+    def _monitor(self, teacher: TeacherOutput, unlabeled: dict[str, Any]) -> None:
+        """Score the fused pseudo-labels, scale 1 alone and each other scale against the true masks
+        the unlabeled batch carries for measuring only (no loss reads them)."""
+        scored = {"pseudo": teacher.probabilities, "pseudo_single_scale": teacher.scale_probabilities[1.0]}
+        scales = self.teacher.scales
+        others = [s for s in scales if len(scales) > 1 and s != 1.0]
+        scored.update({f"pseudo_scale_{s:g}": teacher.scale_probabilities[s] for s in others})
+        for name, probs in scored.items():
+            self.pseudo_monitor.update(
+                name, probs, unlabeled["monitor_mask"], teacher.threshold, unlabeled.get("ignore_mask")
             )
-            scored = {"pseudo": fused, "pseudo_single_scale": single}
-            scored.update({f"pseudo_scale_{s:g}": p for s, p in zip(scales, per_scale) if len(scales) > 1 and s != 1.0})
-            for name, probs in scored.items():
-                self.pseudo_monitor.update(
-                    name, probs, unlabeled["monitor_mask"], threshold, unlabeled.get("ignore_mask")
-                )
-        return sup_logits, PseudoLabels.from_probabilities(fused, ignore_mask), threshold
 
-    def _check_health(
-        self,
-        labeled_mask: torch.Tensor,
-        unlabeled: dict[str, Any],
-        targets: PseudoLabels,
-        threshold: float | torch.Tensor,
-    ) -> None:
-        """Count the step for the mask-free health monitor; every ``health_every`` steps the
-        teacher also predicts the weak view and its mirror image at scale 1, without its own flip
-        averaging (two more eval-mode teacher forwards), for its agreement with itself."""
-        pair = None
-        if self.health_every and self.global_step % self.health_every == 0:
-            weak, view_scale = unlabeled["image"], unlabeled.get("view_scale")
-            plain = self.teacher.scale_probabilities(weak, [1.0], view_scale, flip=False)[0].argmax(1)
-            mirrored = self.teacher.scale_probabilities(weak.flip(-1), [1.0], view_scale, flip=False)[0]
-            pair = (plain, mirrored.flip(-1).argmax(1))
-        self.health.update(labeled_mask, targets, threshold, pair)
-
-    def _student(
-        self, labeled: dict[str, torch.Tensor], views: dict[str, tuple[torch.Tensor, PseudoLabels]]
-    ) -> dict[str, torch.Tensor]:
-        """Student logits per named view; with ``norm_stats='labeled'`` only the labeled forward
-        updates the BatchNorm running statistics, with ``'unmasked'`` every forward but the masked view's."""
-        inputs = {**labeled, **{name: view for name, (view, _) in views.items()}}
-        masked = inputs.pop("masked") if self.masked_norm == "running" and "masked" in inputs else None
-        update = [updates_running_stats(self.norm_stats, name) for name in inputs]
-        concat, per_view = self.student_forward != "sequential", self.student_forward == "batched"
-        logits = dict(zip(inputs, forward_views(self.network, list(inputs.values()), concat, update, per_view)))
-        if masked is not None:  # normalised as the eval-mode teacher normalises its full view
-            with running_norm_statistics(self.network):
-                logits["masked"] = self.network(masked)
-        return logits
-
-    def _channel_masked(
-        self, views: dict[str, torch.Tensor], channel_masks: tuple[torch.Tensor, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """The two strong views' logits under Complementary Dropout, in one forward as UniMatch V2's
-        (its normalisation layers see both views together)."""
-        names, images = list(views), list(views.values())
-        with maybe_frozen(self.network, not all(updates_running_stats(self.norm_stats, n) for n in names)):
-            logits = self.network.forward_channel_masked(torch.cat(images), torch.cat(channel_masks))
-        return dict(zip(names, logits.split([len(i) for i in images])))
-
-    def _perturbed(self, weak: torch.Tensor) -> torch.Tensor:
-        with maybe_frozen(self.network, not updates_running_stats(self.norm_stats, "fp")):
-            return self.network.forward_perturbed(weak, self.fp_dropout)
-
-    def _total(
-        self,
-        losses: dict[str, torch.Tensor],
-        labeled: dict[str, Any],
-        strong_targets: PseudoLabels | None = None,
-        threshold: float | torch.Tensor = 1.0,
-    ) -> torch.Tensor:
-        """The weighted total (ramp-ups included); logs each term, the total and the share of
-        confident pixels in the first strong view's targets."""
-        batch_size = len(labeled["image"])
-        total = self.weights.total(losses, self.global_step)
-        if strong_targets is not None:
-            fraction = strong_targets.confident_fraction(threshold)
-            self.log("train/confident_fraction", fraction, batch_size=len(strong_targets.confidence))
-        for name, value in losses.items():
+    def _log_step(self, out: StepOutput, batch_size: int) -> torch.Tensor:
+        """Log each loss term, the total, the unlabeled ramp and the share of confident pixels in the
+        first strong view's targets; return the total."""
+        fraction = out.confident_fraction
+        if fraction is not None:
+            self.log("train/confident_fraction", fraction, batch_size=len(out.strong_pseudo_labels.confidence))
+        for name, value in out.losses.items():
             self.log(f"train/loss_{name}", value, batch_size=batch_size)
-        if self.weights.unsup_rampup_steps and len(losses) > 1:
+        if self.weights.unsup_rampup_steps and len(out.losses) > 1:
             ramp = rampup_factor(self.global_step, self.weights.unsup_rampup_steps)
             self.log("train/unsup_ramp", ramp, batch_size=batch_size)
-        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
-        return total
+        self.log("train/loss", out.total, prog_bar=True, batch_size=batch_size)
+        return out.total
 
     def on_fit_start(self) -> None:
         self._seed = self._restored_seed if self._restored_seed is not None else torch.initial_seed()
@@ -513,7 +381,7 @@ class MaskMatchModule(L.LightningModule):
         the gradient accumulation), so that a checkpoint taken after the step holds the teacher of
         that step (``ModelCheckpoint(every_n_train_steps)`` saves before the module's ``on_train_batch_end``)."""
         super().optimizer_step(*args, **kwargs)
-        self.teacher.update(self.network, self.global_step + 1)  # Lightning counts the step after this hook
+        self.method.update_teacher(self.global_step + 1)  # Lightning counts the step after this hook
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["maskmatch_seed"] = self._seed  # CutMix, masks and dropout follow it: a resume keeps it
@@ -523,8 +391,10 @@ class MaskMatchModule(L.LightningModule):
         traceback; keep the run's seed for a resume."""
         self._restored_seed = checkpoint.get("maskmatch_seed")
         state = checkpoint.get("state_dict", {})
-        ours = {f"threshold.{name}": value for name, value in self.threshold.state_dict().items()}
-        for key in [k for k in state if k.startswith("threshold.") and k not in ours]:
+        for key in [k for k in state if k.startswith(PARTS_BEFORE_STEP)]:
+            state[f"method.{key}"] = state.pop(key)  # saved before the step had a module of its own
+        ours = {f"method.threshold.{name}": value for name, value in self.threshold.state_dict().items()}
+        for key in [k for k in state if k.startswith("method.threshold.") and k not in ours]:
             del state[key]  # adaptive-threshold state, loaded into a model that does not adapt
         for key, value in ours.items():
             state.setdefault(key, value)  # a checkpoint from before (or without) adaptive thresholds: start afresh

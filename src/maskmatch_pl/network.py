@@ -123,12 +123,12 @@ NormStats = Literal["all", "labeled", "unmasked"]
 
 
 def updates_running_stats(policy: NormStats, view: str) -> bool:
-    """Whether the train-mode forward of ``view`` (``sup``, ``strong<i>``, ``masked``, ``fp``, or ``weak`` in
-    the joint teacher pass) moves the BatchNorm running statistics under ``policy``: ``all`` every view (the
-    reference), ``unmasked`` every view but the masked one, ``labeled`` the labeled batch (``sup``) alone."""
+    """Whether the train-mode forward of ``view`` (``labeled``, ``strong``, ``strong2``, ``masked``, ``fp``, or
+    ``weak`` in the joint teacher pass) moves the BatchNorm running statistics under ``policy``: ``all`` every
+    view (the reference), ``unmasked`` every view but the masked one, ``labeled`` the labeled batch alone."""
     if policy not in ("all", "labeled", "unmasked"):
         raise ValueError(f"norm_stats must be 'all', 'labeled' or 'unmasked', got {policy!r}")
-    return policy == "all" or view == "sup" or (policy == "unmasked" and view != "masked")
+    return policy == "all" or view == "labeled" or (policy == "unmasked" and view != "masked")
 
 
 def forward_views(

@@ -208,7 +208,7 @@ class ValPanels(L.Callback):
             images, masks = protocol.region(images), protocol.region(masks)
             stored_size = torch.ones(len(images), device=images.device)  # val images are not rescaled
             targets = pl_module.teacher.pseudo_labels(images, view_scale=stored_size)
-        pseudo_label = targets.pseudo_label.masked_fill(targets.confidence < pl_module.conf_threshold, IGNORE_INDEX)
+        pseudo_label = targets.pseudo_label.masked_fill(targets.confidence < pl_module.threshold.tau, IGNORE_INDEX)
         masked = pl_module.masking(images, torch.Generator().manual_seed(step))
         return [images, masks, prediction, pseudo_label, masked]
 
@@ -234,7 +234,7 @@ class ValPanels(L.Callback):
         scale = max(1, math.ceil(MIN_TILE_SIZE / min(height, width)))
         grid = panel([images, masks, prediction, pseudo_label, masked], palette, scale=scale, gap=GUTTER)
         legend = legend_entries([masks, prediction, pseudo_label], palette, class_names)
-        self.write(trainer, annotate(grid, self.titles(pl_module.conf_threshold), legend, scale * width, GUTTER))
+        self.write(trainer, annotate(grid, self.titles(pl_module.threshold.tau), legend, scale * width, GUTTER))
 
     @staticmethod
     def write(trainer: L.Trainer, picture: np.ndarray) -> None:
