@@ -9,11 +9,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from maskmatch_pl import MaskMatchModule
+from maskmatch_pl import MaskMatchModule, MaskMatchStep
 from maskmatch_pl.losses import LossWeights
 from maskmatch_pl.masking import PatchMasking
 from maskmatch_pl.network import SegmentationNetwork
-from maskmatch_pl.step import MaskMatchStep
 from maskmatch_pl.teacher import Teacher
 from maskmatch_pl.thresholds import PseudoLabelThreshold
 

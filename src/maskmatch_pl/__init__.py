@@ -28,6 +28,7 @@ from .network import (  # noqa: E402
     running_norm_statistics,
 )
 from .preemption import PreemptionCheckpoint  # noqa: E402
+from .step import MaskMatchStep, StepOutput, TeacherOutput  # noqa: E402
 from .targets import IGNORE_INDEX, PseudoLabels  # noqa: E402
 from .teacher import Teacher, ema_momentum, ema_update  # noqa: E402
 from .thresholds import PseudoLabelThreshold  # noqa: E402
@@ -42,6 +43,7 @@ __all__ = [
     "EvalProtocol",
     "LossWeights",
     "MaskMatchModule",
+    "MaskMatchStep",
     "PatchMasking",
     "PreemptionCheckpoint",
     "PseudoLabelHealth",
@@ -51,8 +53,10 @@ __all__ = [
     "SegmentationNetwork",
     "PatchDPT",
     "SemiSupervisedDataModule",
+    "StepOutput",
     "SupervisedLoss",
     "Teacher",
+    "TeacherOutput",
     "ValPanels",
     "apply_patch_mask",
     "build_demo_dataset",
