@@ -77,25 +77,17 @@ def test_annotate_adds_titles_above_and_the_legend_below():
     assert PALETTE[3] not in colours  # a class not in the panel has none
 
 
-class Teacher:
-    def __init__(self, label, confidence):
-        self.targets = SimpleNamespace(pseudo_label=label, confidence=confidence)
+def fake_parts(tmp_path, label, confidence, threshold=0.9, step=7):
+    """A stand-in module (its ``preview`` gives ``label`` where ``confidence`` reaches ``threshold``,
+    row by row) and trainer for ValPanels."""
+    rows = iter(range(len(label)))
 
-    def pseudo_labels(self, images, ignore_mask=None, view_scale=None):
-        return self.targets
+    def preview(images, seed=0):
+        row = next(rows)
+        pseudo = label[row : row + 1].masked_fill(confidence[row : row + 1] < threshold, 255)
+        return {"pseudo_label": pseudo, "masked": torch.zeros_like(images), "threshold": threshold}
 
-
-def fake_parts(tmp_path, label, confidence, prediction, threshold=0.9, step=7):
-    """A stand-in module (its eval protocol predicts ``prediction``) and trainer for ValPanels."""
-    logits = torch.nn.functional.one_hot(prediction, 4).permute(0, 3, 1, 2).float()
-    module = SimpleNamespace(
-        eval_protocol=SimpleNamespace(region=lambda x: x),
-        predict_labels=lambda batch: logits[: len(batch["image"])].argmax(1),
-        teacher=Teacher(label, confidence),
-        threshold=SimpleNamespace(tau=threshold),
-        masking=lambda x, generator: torch.zeros_like(x),
-        class_names=NAMES,
-    )
+    module = SimpleNamespace(preview=preview, class_names=NAMES)
     trainer = SimpleNamespace(
         sanity_checking=False,
         is_global_zero=True,
@@ -106,10 +98,18 @@ def fake_parts(tmp_path, label, confidence, prediction, threshold=0.9, step=7):
     return module, trainer
 
 
+def outputs(images, truth, prediction):
+    """What MaskMatchModule's validation_step returns: per-image lists."""
+    return {"image": list(images), "mask": list(truth), "prediction": list(prediction)}
+
+
 def fake_run(tmp_path, label, confidence, threshold=0.9, size=64):
     images, truth, prediction = columns(batch=len(label), size=size)
-    module, trainer = fake_parts(tmp_path, label, confidence, prediction, threshold)
-    ValPanels(num_images=len(label)).on_validation_batch_end(trainer, module, None, {"image": images, "mask": truth}, 0)
+    module, trainer = fake_parts(tmp_path, label, confidence, threshold)
+    batch = {"image": images, "mask": truth}
+    ValPanels(num_images=len(label)).on_validation_batch_end(
+        trainer, module, outputs(*batch.values(), prediction), batch, 0
+    )
     return np.asarray(Image.open(tmp_path / "panels" / "val_step0000007.png"))
 
 
@@ -150,7 +150,11 @@ def test_val_panels_with_the_real_module(tmp_path, tiny_module_kwargs, reference
         datamodule=None,
         logger=SimpleNamespace(log_dir=str(tmp_path)),
     )
-    ValPanels(num_images=1).on_validation_batch_end(trainer, module, None, {"image": images, "mask": truth}, 0)
+    batch = {"image": images, "mask": truth}
+    scored = module.validation_step(batch, 0)
+    assert [p.shape for p in scored["prediction"]] == [(64, 64)] * 2
+    torch.testing.assert_close(torch.stack(scored["prediction"]), module.predict_labels(batch))
+    ValPanels(num_images=1).on_validation_batch_end(trainer, module, scored, batch, 0)
     picture = np.asarray(Image.open(tmp_path / "panels" / "val_step0000003.png"))
     top = grid_top(picture)
     assert picture.shape[1] == 5 * 130 + GUTTER and picture.shape[0] > top + 130
@@ -162,12 +166,13 @@ def test_one_image_per_val_batch_still_fills_every_row(tmp_path):
     """``val_batch_size: 1`` (the VOC setting): the rows come from successive batches."""
     label = torch.full((1, 64, 64), 2, dtype=torch.long)
     images, truth, prediction = columns(batch=3, size=64)
-    module, trainer = fake_parts(tmp_path, label, torch.ones(1, 64, 64), prediction, step=5)
+    module, trainer = fake_parts(tmp_path, label.expand(3, -1, -1), torch.ones(3, 64, 64), step=5)
     callback = ValPanels(num_images=3)
     callback.on_validation_epoch_start(trainer, module)
     for index in range(3):
         batch = {"image": images[index : index + 1], "mask": truth[index : index + 1]}
-        callback.on_validation_batch_end(trainer, module, None, batch, index)
+        scored = outputs(batch["image"], batch["mask"], prediction[index : index + 1])
+        callback.on_validation_batch_end(trainer, module, scored, batch, index)
     picture = np.asarray(Image.open(tmp_path / "panels" / "val_step0000005.png"))
     top, pitch = grid_top(picture), 128 + GUTTER
     assert picture.shape[0] > top + 3 * pitch  # three rows of tiles, then the legend
@@ -175,3 +180,11 @@ def test_one_image_per_val_batch_still_fills_every_row(tmp_path):
         tile = picture[top + row * pitch : top + row * pitch + 128, GUTTER + pitch : 2 * pitch]
         expected = np.array(PALETTE)[truth[row].numpy()].repeat(2, 0).repeat(2, 1)
         assert (tile == expected).all()
+
+
+def test_val_panels_refuse_a_validation_step_that_returns_nothing(tmp_path):
+    label = torch.zeros(1, 64, 64, dtype=torch.long)
+    module, trainer = fake_parts(tmp_path, label, torch.ones(1, 64, 64))
+    images, truth, _ = columns(batch=1, size=64)
+    with pytest.raises(TypeError, match="draws what validation_step returns"):
+        ValPanels(num_images=1).on_validation_batch_end(trainer, module, None, {"image": images, "mask": truth}, 0)

@@ -442,15 +442,38 @@ class MaskMatchModule(L.LightningModule):
         metric: MulticlassConfusionMatrix,
         locality: LocalityScores,
         stage: str,
-    ) -> None:
+    ) -> dict[str, list[torch.Tensor]]:
+        """Score a val / test batch; return what was scored, per image in batch order: the evaluation
+        protocol's region of each ``image`` (``3 x h x w``) and ``mask``, and the ``prediction`` (``h x w``)."""
         check_batch(
             batch, stage, label_maps=("mask",), num_classes=self.hparams.num_classes, check_values=batch_idx == 0
         )
+        count = len(batch["image"])
+        scored: dict[str, list[Any]] = {key: [None] * count for key in ("image", "mask", "prediction")}
         for indices, height, width, probs in self._unpadded_probabilities(batch):
             masks = batch["mask"][indices, :height, :width]  # the images' own masks, then the protocol's region
             prediction, target = probs.argmax(1), self.eval_protocol.region(masks)
             metric.update(prediction, target)
             locality.update(prediction, target)
+            images = self.eval_protocol.region(batch["image"][indices, :, :height, :width])
+            for row, index in enumerate(indices):
+                scored["image"][index], scored["mask"][index] = images[row], target[row]
+                scored["prediction"][index] = prediction[row]
+        return scored
+
+    @torch.no_grad()
+    def preview(self, images: torch.Tensor, seed: int = 0) -> dict[str, Any]:
+        """What training would make of ``images`` (``B x 3 x H x W``, as stored, not rescaled): the
+        teacher's ``pseudo_label`` (``B x H x W``, 255 where the confidence is below ``threshold``,
+        a float: tau) and the ``masked`` view (``B x 3 x H x W``, patches drawn from ``seed``)."""
+        stored_size = torch.ones(len(images), device=images.device)
+        targets = self.teacher.pseudo_labels(images, view_scale=stored_size)
+        tau = self.threshold.tau
+        return {
+            "pseudo_label": targets.pseudo_label.masked_fill(targets.confidence < tau, IGNORE_INDEX),
+            "masked": self.masking(images, torch.Generator().manual_seed(seed)),
+            "threshold": tau,
+        }
 
     def _log_iou(self, metric: MulticlassConfusionMatrix, locality: LocalityScores, stage: str) -> None:
         """mIoU and per-class IoU of the set (NaN for a class in neither truth nor predictions), and
@@ -499,8 +522,10 @@ class MaskMatchModule(L.LightningModule):
 
     on_test_start = on_validation_start
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, self.val_iou, self.val_locality, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, list[torch.Tensor]]:
+        """Score the batch; return its images, masks and predictions as scored (:class:`~maskmatch_pl.ValPanels`
+        draws them)."""
+        return self._evaluate(batch, batch_idx, self.val_iou, self.val_locality, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_iou(self.val_iou, self.val_locality, "val")

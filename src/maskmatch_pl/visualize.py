@@ -156,23 +156,27 @@ class ValPanels(L.Callback):
     Class names come from the module's ``class_names``, else the data module's, and the palette
     from the data module's ``palette`` (default: the VOC colour map).
 
-    Works with :class:`~maskmatch_pl.MaskMatchModule` (it reads ``teacher``, ``masking``,
-    ``conf_threshold``, ``eval_protocol`` and ``class_names``).
+    It draws what ``validation_step`` returned (a dict of per-image lists ``image``, ``mask`` and
+    ``prediction``, as scored: no second forward) and asks the module's public ``preview(images, seed)``
+    for the pseudo-label and masked columns, as :class:`~maskmatch_pl.MaskMatchModule` provides.
+
+    Raises:
+        TypeError: ``validation_step`` returned something else.
     """
 
     def __init__(self, num_images: int = 4) -> None:
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         self.num_images = num_images
-        self._columns: list[list[torch.Tensor]] = []  # per val batch: the five columns of its images
-        self._written = False
+        self._rows: list[list[torch.Tensor]] = []  # per val image: its five tiles
+        self._written, self._threshold = False, 1.0
 
     @staticmethod
     def titles(conf_threshold: float) -> list[str]:
         return ["image", "truth", "prediction", f"pseudo-label\n(conf >= {conf_threshold:g})", "masked view"]
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._columns, self._written = [], False
+        self._rows, self._written = [], False
 
     def on_validation_batch_end(
         self,
@@ -185,37 +189,35 @@ class ValPanels(L.Callback):
     ) -> None:
         """Collects the first ``num_images`` val images over as many batches as it takes
         (``val_batch_size: 1`` gives one per batch) and writes the panel once it has them."""
-        collected = sum(len(columns[0]) for columns in self._columns)
-        if self._written or collected >= self.num_images or trainer.sanity_checking or not trainer.is_global_zero:
+        if self._written or len(self._rows) >= self.num_images or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        self._columns.append(self.columns(pl_module, batch, self.num_images - collected, trainer.global_step))
-        if collected + len(self._columns[-1][0]) >= self.num_images:
+        self._rows.extend(self.rows(pl_module, outputs, self.num_images - len(self._rows), trainer.global_step))
+        if len(self._rows) >= self.num_images:
             self.flush(trainer, pl_module)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._columns and not self._written:  # fewer val images than num_images
+        if self._rows and not self._written:  # fewer val images than num_images
             self.flush(trainer, pl_module)
 
-    @staticmethod
-    def columns(pl_module: L.LightningModule, batch: Any, count: int, step: int) -> list[torch.Tensor]:
-        """Image, truth, prediction, thresholded pseudo-label and masked view of the first
-        ``count`` images of ``batch``."""
-        protocol = pl_module.eval_protocol
-        first = {key: value[:count] for key, value in batch.items() if key in ("image", "mask", "size", "name")}
-        images, masks = first["image"], first["mask"]
-        with torch.no_grad():
-            prediction = protocol.region(pl_module.predict_labels(first))  # each image at its own size
-            images, masks = protocol.region(images), protocol.region(masks)
-            stored_size = torch.ones(len(images), device=images.device)  # val images are not rescaled
-            targets = pl_module.teacher.pseudo_labels(images, view_scale=stored_size)
-        pseudo_label = targets.pseudo_label.masked_fill(targets.confidence < pl_module.threshold.tau, IGNORE_INDEX)
-        masked = pl_module.masking(images, torch.Generator().manual_seed(step))
-        return [images, masks, prediction, pseudo_label, masked]
+    def rows(self, pl_module: L.LightningModule, outputs: Any, count: int, step: int) -> list[list[torch.Tensor]]:
+        """Image, truth, prediction, thresholded pseudo-label and masked view (each with a batch
+        dimension of 1) of the first ``count`` images that ``validation_step`` scored (its ``outputs``)."""
+        if not isinstance(outputs, dict) or not {"image", "mask", "prediction"} <= set(outputs):
+            raise TypeError(
+                "ValPanels draws what validation_step returns: a dict with per-image lists 'image', 'mask' and "
+                f"'prediction' (as MaskMatchModule returns), got {type(outputs).__name__}"
+            )
+        rows = []
+        for image, mask, prediction in list(zip(outputs["image"], outputs["mask"], outputs["prediction"]))[:count]:
+            preview = pl_module.preview(image[None], seed=step)
+            self._threshold = preview["threshold"]
+            rows.append([image[None], mask[None], prediction[None], preview["pseudo_label"], preview["masked"]])
+        return rows
 
     def flush(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Writes the collected rows as one panel; rows of other sizes are resized to the first's
         (bilinear for images, nearest for label maps)."""
-        height, width = self._columns[0][0].shape[-2:]
+        height, width = self._rows[0][0].shape[-2:]
 
         def fit(column: torch.Tensor) -> torch.Tensor:
             if column.shape[-2:] == (height, width):
@@ -225,7 +227,7 @@ class ValPanels(L.Callback):
             return F.interpolate(column[:, None].float(), size=(height, width), mode="nearest")[:, 0].long()
 
         images, masks, prediction, pseudo_label, masked = (
-            torch.cat([fit(columns[index]) for columns in self._columns]) for index in range(5)
+            torch.cat([fit(row[index]) for row in self._rows]) for index in range(5)
         )
         self._written = True
         datamodule = getattr(trainer, "datamodule", None)
@@ -234,7 +236,7 @@ class ValPanels(L.Callback):
         scale = max(1, math.ceil(MIN_TILE_SIZE / min(height, width)))
         grid = panel([images, masks, prediction, pseudo_label, masked], palette, scale=scale, gap=GUTTER)
         legend = legend_entries([masks, prediction, pseudo_label], palette, class_names)
-        self.write(trainer, annotate(grid, self.titles(pl_module.threshold.tau), legend, scale * width, GUTTER))
+        self.write(trainer, annotate(grid, self.titles(self._threshold), legend, scale * width, GUTTER))
 
     @staticmethod
     def write(trainer: L.Trainer, picture: np.ndarray) -> None:
