@@ -13,7 +13,7 @@ def test_ablation_script_runs_one_tiny_row(tmp_path, demo_cache):
     env = dict(os.environ, MASKMATCH_PL_CACHE=str(demo_cache))
     command = [
         sys.executable,
-        "benchmarks/ablation.py",
+        "experiments/ablation.py",
         "--methods",
         "supervised",
         "maskmatch",
@@ -46,7 +46,7 @@ def test_ablation_script_runs_one_tiny_row(tmp_path, demo_cache):
 
 
 def test_second_datasets_letters_are_drawn_from_every_font_and_stay_apart():
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
     import numpy as np
     from second_dataset import LETTERS, render_glyph, text_fonts
 

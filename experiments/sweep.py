@@ -4,9 +4,9 @@ seed 0 unless --seeds says otherwise; prints a markdown
 table of val mIoU, the pseudo-label mIoU against the unlabeled masks (fused over scales / scale 1
 alone), the share of digit pixels that are confident, and the wall time per run.
 
-    python benchmarks/sweep.py                                   # every variant, seed 0
-    python benchmarks/sweep.py --table-only                      # the table of the saved runs
-    python benchmarks/sweep.py --variants "fixmatch+masked, tau 0.7" --seeds 0 1 2
+    python experiments/sweep.py                                   # every variant, seed 0
+    python experiments/sweep.py --table-only                      # the table of the saved runs
+    python experiments/sweep.py --variants "fixmatch+masked, tau 0.7" --seeds 0 1 2
 
 Each run goes through :func:`ablation.run_one` (the real CLI, one JSON per run, a finished run
 is not run again) into ``--out/<variant>``.
@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--val-every", type=int, default=250)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sweep")
+    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "sweep")
     parser.add_argument("--table-only", action="store_true", help="only print the table of saved runs")
     args = parser.parse_args()
     args.out = args.out.resolve()  # the runs start in the repository root; a relative --out means here

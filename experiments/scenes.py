@@ -3,14 +3,14 @@
 The demo configs, unchanged but for the data, on the street-scene testbed
 (``maskmatch_pl.data.scenes``, ``dataset: scenes``), at the ratio and budget chosen with
 supervised runs only (benchmarks/RESULTS.md, "Scenes"), through the real CLI
-(``benchmarks/ablation.py``'s ``run_one``). Every run logs val mIoU, boundary IoU and
+(``experiments/ablation.py``'s ``run_one``). Every run logs val mIoU, boundary IoU and
 small-object IoU (``maskmatch_pl.locality``); semi-supervised runs also score their pseudo-labels
 against the unlabeled masks (which no loss reads), per teacher scale.
 
-    python benchmarks/scenes.py --seeds 0 1 2         # run what is missing, print the tables
-    python benchmarks/scenes.py --table-only          # the tables from saved runs
+    python experiments/scenes.py --seeds 0 1 2         # run what is missing, print the tables
+    python experiments/scenes.py --table-only          # the tables from saved runs
 
-Runs land under ``benchmarks/results/scenes/<method>/<ratio>/seed<k>/result.json``.
+Runs land under ``experiments/results/scenes/<method>/<ratio>/seed<k>/result.json``.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "experiments"))
 
 from ablation import CEILING, METHODS, run_one  # noqa: E402
 
 RATIO = "1_64"
 STEPS = 1000
-OUT = REPO / "benchmarks" / "results" / "scenes"
+OUT = REPO / "experiments" / "results" / "scenes"
 PAPER_WEIGHT = "maskmatch-weight1"  # the paper's masked-loss weight 1.0 (METHOD.md) instead of the demo's 0.25
 METHODS[PAPER_WEIGHT] = ("configs/demo.yaml", ["--model.masked_weight=1.0"])
 # in the order a partial seed still compares the pairs that matter most

@@ -3,15 +3,15 @@
 The demo configs, unchanged but for the data, on the two harder testbeds that ship
 (``maskmatch_pl.data.testbeds``): ``faces`` (ten look-alike faces) and ``defects`` (binary,
 1-5 % foreground), 1/64 labeled (25 of 1,600 images; chosen with supervised runs only, see
-benchmarks/RESULTS.md), 1,000 steps, through the real CLI (``benchmarks/ablation.py``'s
+benchmarks/RESULTS.md), 1,000 steps, through the real CLI (``experiments/ablation.py``'s
 ``run_one``). Every semi-supervised run also scores its pseudo-labels against the unlabeled
 masks (which no loss reads) and logs the mask-free health monitor, so the monitor can be
 checked against the truth.
 
-    python benchmarks/weak_teachers.py                 # run what is missing, print the tables
-    python benchmarks/weak_teachers.py --table-only    # the tables from saved runs
+    python experiments/weak_teachers.py                 # run what is missing, print the tables
+    python experiments/weak_teachers.py --table-only    # the tables from saved runs
 
-Runs land under ``benchmarks/results/<dataset>/<method>/1_64/seed<k>/result.json``.
+Runs land under ``experiments/results/<dataset>/<method>/1_64/seed<k>/result.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "experiments"))
 
 from ablation import CEILING, run_one  # noqa: E402
 
@@ -45,7 +45,7 @@ T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}  # Student's t, 97.5 % quan
 
 
 def load(dataset: str, method: str) -> list[dict]:
-    folder = REPO / "benchmarks" / "results" / dataset / method / RATIO
+    folder = REPO / "experiments" / "results" / dataset / method / RATIO
     return [json.loads(p.read_text()) for p in sorted(folder.glob("seed*/result.json"))]
 
 
@@ -141,7 +141,7 @@ def proxy_check(dataset: str) -> str:
     import csv
 
     pairs = []
-    for log in sorted((REPO / "benchmarks" / "results" / dataset).glob(f"*/{RATIO}/seed*/logs/version_0/metrics.csv")):
+    for log in sorted((REPO / "experiments" / "results" / dataset).glob(f"*/{RATIO}/seed*/logs/version_0/metrics.csv")):
         for row in csv.DictReader(open(log)):
             if row.get("health/flip_agreement") and row.get("pseudo/acc"):
                 pairs.append((float(row["health/flip_agreement"]), float(row["pseudo/acc"])))
@@ -161,7 +161,7 @@ def main() -> None:
             for dataset in DATASETS:
                 for method in (*GRID, *((CEILING, *DIAGNOSIS) if seed == 0 else ())):
                     run_args = argparse.Namespace(
-                        out=REPO / "benchmarks" / "results" / dataset,
+                        out=REPO / "experiments" / "results" / dataset,
                         steps=1000,
                         val_every=250,
                         workers=1,

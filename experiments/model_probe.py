@@ -5,10 +5,10 @@ and poly decay on the labeled canvases (weak view without the horizontal flip), 
 points val mIoU, foreground IoU (every class but 0 against 0: can the network find the
 objects at all, whatever their class?), per-class IoU and the wall time.
 
-    python benchmarks/model_probe.py --arch FPN --model-kwargs \\
+    python experiments/model_probe.py --arch FPN --model-kwargs \\
         '{"decoder_pyramid_channels": 64, "decoder_segmentation_channels": 32}' --split full --steps 1000
-    python benchmarks/model_probe.py --dataset scenes --flip --split 1_16     # a testbed
-    python benchmarks/model_probe.py --root /data/my_canvases --num-classes 6 --split 1_16   # your own data
+    python experiments/model_probe.py --dataset scenes --flip --split 1_16     # a testbed
+    python experiments/model_probe.py --root /data/my_canvases --num-classes 6 --split 1_16   # your own data
 
 Converged means: the all-labels run gains little over the last quarter; label-limited means:
 the ``--split 1_16`` run ends well below it at the same budget.

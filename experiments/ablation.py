@@ -2,11 +2,11 @@
 same step budget through the real CLI; prints a markdown table of val mIoU (mean ± std over
 seeds) and wall time per run.
 
-    python benchmarks/ablation.py                       # the whole grid (1/16 labeled, 3 seeds, 1,000 steps)
-    python benchmarks/ablation.py --methods maskmatch --seeds 0   # one row alone
-    python benchmarks/ablation.py --table-only --plot   # table and plots from saved results
+    python experiments/ablation.py                       # the whole grid (1/16 labeled, 3 seeds, 1,000 steps)
+    python experiments/ablation.py --methods maskmatch --seeds 0   # one row alone
+    python experiments/ablation.py --table-only --plot   # table and plots from saved results
 
-Results go to ``--out`` (``benchmarks/results``): one JSON per run (a finished run is not
+Results go to ``--out`` (``experiments/results``): one JSON per run (a finished run is not
 run again), the CSV logs, and with ``--plot`` two PNGs. Every semi-supervised run also scores
 its pseudo-labels against the unlabeled canvases' masks, which no loss reads
 (``data.unlabeled_masks_for_monitoring``), and keeps the last scores in its JSON.
@@ -281,7 +281,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="optimiser steps per run (same for every row)")
     parser.add_argument("--val-every", type=int, default=250, help="validate every this many steps")
     parser.add_argument("--workers", type=int, default=1, help="data loader workers per run")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
     parser.add_argument("--force", action="store_true", help="rerun cells that already have a result")
     parser.add_argument("--table-only", action="store_true", help="only print the table of saved results")
     parser.add_argument("--plot", action="store_true", help="also save the two plots into --out")

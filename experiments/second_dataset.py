@@ -16,11 +16,11 @@ dataset of the same kind and trains each method on it through the real CLI, as a
 The canvases are cached per matplotlib and Pillow version (fonts and rasteriser decide the glyphs);
 the cache's ``COMPLETE`` file lists the fonts.
 
-    python benchmarks/second_dataset.py                       # the six rows, seeds 0 1
-    python benchmarks/second_dataset.py --seeds 0 1 2 --methods fixmatch maskmatch
-    python benchmarks/second_dataset.py --table-only          # the table from saved runs
+    python experiments/second_dataset.py                       # the six rows, seeds 0 1
+    python experiments/second_dataset.py --seeds 0 1 2 --methods fixmatch maskmatch
+    python experiments/second_dataset.py --table-only          # the table from saved runs
 
-Runs land under ``benchmarks/results/second-dataset/<method>/64/seed<k>/result.json``.
+Runs land under ``experiments/results/second-dataset/<method>/64/seed<k>/result.json``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "experiments"))
 
 from ablation import CEILING, run_one  # noqa: E402
 
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--val-every", type=int, default=250)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "second-dataset")
+    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "second-dataset")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--force", action="store_true", help="retrain cells that already have a result.json")
     what.add_argument("--table-only", action="store_true", help="print the table from saved runs, train nothing")

@@ -7,8 +7,8 @@ This builds the same canvases (same digits, sizes, colours, placement rules; cac
 demo) with one class per canvas, trains each method through the real CLI on them as a user's
 ``dataset: custom`` data, and prints val mIoU per seed next to the demo's own runs of the grid.
 
-    python benchmarks/context_probe.py                   # fixmatch and fixmatch+masked, seeds 0 1
-    python benchmarks/context_probe.py --table-only
+    python experiments/context_probe.py                   # fixmatch and fixmatch+masked, seeds 0 1
+    python experiments/context_probe.py --table-only
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "experiments"))
 
 from ablation import run_one  # noqa: E402
 
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--val-every", type=int, default=250)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "context")
+    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "context")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     args.out = args.out.resolve()
@@ -72,7 +72,7 @@ def main() -> None:
     print("| method | canvases | val mIoU % per seed | mean ± std | time / run (s) |")
     print("|---|---|---|---|---|")
     for method in args.methods:
-        for label, folder in (("one class per canvas", args.out), ("the demo (grid)", REPO / "benchmarks" / "results")):
+        for label, folder in (("one class per canvas", args.out), ("the demo (grid)", REPO / "experiments" / "results")):
             if folder == args.out and not args.table_only:
                 results = [run_one(method, "1_16", seed, run_args) for seed in args.seeds]
             else:
