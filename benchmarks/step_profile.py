@@ -137,9 +137,9 @@ def profile(module: MaskMatchModule, kwargs: dict, batch: dict, args, repeats: i
                 logits_l, logits_s = forward_views(
                     module.network, [labeled["image"], strong], update_stats=[True, False]
                 )
-                loss = weights.sup * module.method.sup_loss(logits_l, labeled["mask"]) + weights.strong * consistency_loss(
-                    logits_s, targets, threshold
-                )
+                loss = weights.sup * module.method.sup_loss(
+                    logits_l, labeled["mask"]
+                ) + weights.strong * consistency_loss(logits_s, targets, threshold)
             with timer("student masked pass"):
                 (logits_m,) = forward_views(module.network, [masked], update_stats=[False])
                 loss = loss + weights.masked * consistency_loss(logits_m, targets, threshold)

@@ -72,7 +72,10 @@ def main() -> None:
     print("| method | canvases | val mIoU % per seed | mean ± std | time / run (s) |")
     print("|---|---|---|---|---|")
     for method in args.methods:
-        for label, folder in (("one class per canvas", args.out), ("the demo (grid)", REPO / "experiments" / "results")):
+        for label, folder in (
+            ("one class per canvas", args.out),
+            ("the demo (grid)", REPO / "experiments" / "results"),
+        ):
             if folder == args.out and not args.table_only:
                 results = [run_one(method, "1_16", seed, run_args) for seed in args.seeds]
             else:
