@@ -71,8 +71,8 @@ def main() -> None:
     data.update(num_workers=0, unlabeled_masks_for_monitoring=False)
     datamodule = SemiSupervisedDataModule(**data)
     datamodule.setup("fit")
-    tau = module.hparams.conf_threshold if args.tau is None else args.tau
-    reference = args.reference or module.hparams.get("pseudo_label_scale_reference", "view")
+    tau = module.hparams.pseudo_labels["threshold"] if args.tau is None else args.tau
+    reference = args.reference or module.hparams.experimental["pseudo_label_scale_reference"]
     sets = [[float(s) for s in text.split()] for text in args.sets]
     scales = sorted({*args.scales, *(s for group in sets for s in group)})
     rows = [f"scale {s:g}" for s in args.scales] + [
@@ -85,7 +85,7 @@ def main() -> None:
             if args.input_scale != 1.0:
                 images = F.interpolate(images, scale_factor=args.input_scale, mode="bilinear", align_corners=False)
                 masks = F.interpolate(masks[:, None].float(), size=images.shape[-2:], mode="nearest")[:, 0].long()
-            network, flip = module.teacher.network, module.hparams.pseudo_label_flip
+            network, flip = module.teacher.network, module.hparams.pseudo_labels["flip"]
             if reference == "image":
                 factors = torch.full((len(images),), args.input_scale)
                 predicted = image_scale_probabilities(network, images, scales, factors, flip)

@@ -31,7 +31,8 @@ from PIL import Image, ImageDraw
 from reference_loop import quiet
 from step_profile import MODELS, StepTimes, bare_trainer, lightning_step_time, make_batch
 
-from maskmatch_pl import MaskMatchModule, SemiSupervisedDataModule
+from maskmatch_pl import SemiSupervisedDataModule
+from maskmatch_pl.compat import module_from_flat_knobs
 
 DEMO_MODEL = {  # the demo network with configs/demo.yaml's method knobs
     **MODELS["demo (FPN EfficientNet-Lite0, 64 px)"][0],
@@ -109,7 +110,7 @@ class DataWait(L.Callback):
 
 def real_fit_wait(data: SemiSupervisedDataModule, steps: int) -> tuple[float, float]:
     """Median data wait and median step time (s) in a real ``fit`` of the demo MaskMatch model."""
-    module = MaskMatchModule(num_classes=data.num_classes, encoder_weights=None, **DEMO_MODEL)
+    module = module_from_flat_knobs(num_classes=data.num_classes, encoder_weights=None, **DEMO_MODEL)
     wait, step = DataWait(), StepTimes()
     trainer = bare_trainer(steps, [wait, step], accelerator="cpu")
     trainer.fit(module, datamodule=data)
@@ -153,7 +154,7 @@ def main() -> None:
     )
     for name, make_data, workers, kwargs, size, batch_size in cases:
         delivered = loader_images_per_second(make_data(workers), args.batches)
-        module = MaskMatchModule(num_classes=11, encoder_weights=None, **kwargs)
+        module = module_from_flat_knobs(num_classes=11, encoder_weights=None, **kwargs)
         step = lightning_step_time(module, make_batch(size, batch_size, "cpu"), args, args.repeats)
         consumed = 2 * batch_size / step
         model = "demo MaskMatch" if kwargs is DEMO_MODEL else "DLV3+ R50 MaskMatch (3 scales)"

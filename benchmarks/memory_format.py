@@ -21,6 +21,7 @@ from reference_loop import speed_parser, start, sync
 from step_profile import MODELS, lightning_step_time, make_batch
 
 from maskmatch_pl import MaskMatchModule
+from maskmatch_pl.compat import module_from_flat_knobs
 
 METHODS = {  # as the demo configs set them
     "supervised": dict(strong_weight=0.0, masked_weight=0.0, pseudo_label_scales=[1.0]),
@@ -55,12 +56,12 @@ def main() -> None:
         kwargs, size, batch_size = MODELS[name]
         batch = make_batch(size, batch_size, args.device)
         batch["unlabeled"]["strong2"] = batch["unlabeled"]["strong"].flip(-1)  # UniMatch's second strong view
-        initial = MaskMatchModule(num_classes=11, encoder_weights=None, **kwargs).state_dict()
+        initial = module_from_flat_knobs(num_classes=11, encoder_weights=None, **kwargs).state_dict()
         times: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.rounds):
             for method in args.methods:
                 for layout, channels_last in LAYOUTS.items():
-                    module = MaskMatchModule(
+                    module = module_from_flat_knobs(
                         num_classes=11, encoder_weights=None, channels_last=channels_last, **kwargs, **METHODS[method]
                     ).to(args.device)
                     module.load_state_dict(copy.deepcopy(initial))

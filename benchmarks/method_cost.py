@@ -24,6 +24,7 @@ from reference_loop import compiled, speed_parser, start, sync
 from step_profile import MODELS, alternating_step_times, make_batch
 
 from maskmatch_pl import MaskMatchModule
+from maskmatch_pl.compat import module_from_flat_knobs
 
 PAPER_SCALES = (0.75, 1.0, 1.25)
 METHODS = {  # name: (module keyword arguments, forward-equivalents per image)
@@ -69,7 +70,7 @@ def main() -> None:
         batch = make_batch(size, batch_size, args.device)
         modules = {
             method: compiled(
-                MaskMatchModule(num_classes=11, encoder_weights=None, **kwargs, **extra).to(args.device), args
+                module_from_flat_knobs(num_classes=11, encoder_weights=None, **kwargs, **extra).to(args.device), args
             )
             for method, (extra, _) in METHODS.items()
             if method in args.methods or method.startswith("FixMatch")

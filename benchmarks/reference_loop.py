@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from step_profile import MODELS, lightning_step_time, make_batch
 
 from maskmatch_pl import MaskMatchModule, cutmix_boxes
+from maskmatch_pl.compat import module_from_flat_knobs
 
 LR, LR_MULTI, TAU = 1e-3, 10.0, 0.95
 
@@ -182,7 +183,7 @@ def fixmatch_module(kwargs: dict, teacher_pass: str, device: str) -> MaskMatchMo
     """Our FixMatch as the reference configures it: one scale, no masked view, SGD, every
     student forward in the BatchNorm statistics, tau 0.95."""
     kwargs = {k: v for k, v in kwargs.items() if k != "mask_patch_size"}
-    module = MaskMatchModule(
+    module = module_from_flat_knobs(
         num_classes=11,
         encoder_weights=None,
         masked_weight=0.0,

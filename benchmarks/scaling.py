@@ -23,9 +23,10 @@ from pathlib import Path
 CELL = """
 import json, statistics, time, torch
 from maskmatch_pl import MaskMatchModule
+from maskmatch_pl.compat import module_from_flat_knobs
 from step_profile import make_batch, own_peak_mib
 torch.manual_seed(0)
-module = MaskMatchModule(num_classes=21, arch="DeepLabV3Plus", encoder_name="resnet50", encoder_weights=None)
+module = module_from_flat_knobs(num_classes=21, arch="DeepLabV3Plus", encoder_name="resnet50", encoder_weights=None)
 module.log = lambda *a, **k: None
 optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9)
 batch = make_batch({crop}, {batch}, "cpu")

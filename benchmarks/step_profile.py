@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from maskmatch_pl import MaskMatchModule, PseudoLabels, consistency_loss, cutmix, forward_views
+from maskmatch_pl.compat import module_from_flat_knobs
 
 MODELS = {
     "demo (FPN EfficientNet-Lite0, 64 px)": (
@@ -89,7 +90,7 @@ def build(kwargs: dict, args, mode: str = "sequential") -> MaskMatchModule:
     """The profiled module on ``args.device`` with ``student_forward=mode`` (``concat`` needs
     ``norm_stats='all'``), channels-last and compiled when asked."""
     norm_stats = "all" if mode == "concat" else "labeled"
-    module = MaskMatchModule(
+    module = module_from_flat_knobs(
         num_classes=11,
         encoder_weights=None,
         student_forward=mode,
@@ -250,7 +251,7 @@ def peak_rss_mib(name: str, mode: str, steps: int = 3) -> float:
     code = (
         "import sys, torch; sys.argv = ['x']; import step_profile as s; "
         f"kw, size, b = s.MODELS[{name!r}]; "
-        "m = s.MaskMatchModule(num_classes=11, encoder_weights=None, "
+        "m = s.module_from_flat_knobs(num_classes=11, encoder_weights=None, "
         f"student_forward={mode!r}, norm_stats={'all' if mode == 'concat' else 'labeled'!r}, **kw); "
         "m.log = lambda *a, **k: None; batch = s.make_batch(size, b, 'cpu')\n"
         f"for _ in range({steps}): m.training_step(batch, 1).backward()\n"

@@ -25,7 +25,7 @@ from pathlib import Path
 from reference_loop import compiled, speed_parser, start
 from step_profile import alternating_step_times, make_batch
 
-from maskmatch_pl import MaskMatchModule
+from maskmatch_pl.compat import module_from_flat_knobs
 
 VIT = "DINOv2-S DPT"
 PAPER_SCALES = [0.75, 1.0, 1.25]
@@ -65,7 +65,7 @@ def peak_memory_mib(row: str, size: int, batch_size: int, device: str, steps: in
     """Peak memory (MiB) of a fresh process that runs ``steps`` training steps of ``row``."""
     code = (
         "import json, sys, torch; import vit_cost as v; import step_profile as s\n"
-        f"m = v.MaskMatchModule(**v.module_kwargs({size}), **v.ROWS[{row!r}][0]).to({device!r}); "
+        f"m = v.module_from_flat_knobs(**v.module_kwargs({size}), **v.ROWS[{row!r}][0]).to({device!r}); "
         "m.log = lambda *a, **k: None\n"
         f"batch = s.make_batch({size}, {batch_size}, {device!r})\n"
         f"for _ in range({steps}): m.training_step(batch, 1).backward()\n"
@@ -87,7 +87,7 @@ def main() -> None:
     batch = make_batch(args.size, args.batch_size, args.device)
     batch["labeled"]["mask"] = batch["labeled"]["mask"] % 21
     modules = {
-        row: compiled(MaskMatchModule(**module_kwargs(args.size), **extra).to(args.device), args)
+        row: compiled(module_from_flat_knobs(**module_kwargs(args.size), **extra).to(args.device), args)
         for row, (extra, _) in ROWS.items()
     }
     times = alternating_step_times(modules, batch, args)

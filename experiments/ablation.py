@@ -36,41 +36,41 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "fixmatch+masked": (
         "configs/demo_fixmatch.yaml",
         [
-            "--model.masked_weight=0.25",
-            "--model.norm_stats=labeled",
-            "--model.mask_ratio=0.7",
-            "--model.mask_patch_size=8",
+            "--model.masking.weight=0.25",
+            "--model.views.norm_stats=labeled",
+            "--model.masking.ratio=0.7",
+            "--model.masking.patch_size=8",
         ],
     ),
-    "fixmatch+multiscale": ("configs/demo_fixmatch.yaml", ["--model.pseudo_label_scales=[0.75, 1.0, 1.25]"]),
+    "fixmatch+multiscale": ("configs/demo_fixmatch.yaml", ["--model.pseudo_labels.scales=[0.75, 1.0, 1.25]"]),
     # the closest fusion came to FixMatch on the demo (benchmarks/RESULTS.md, "Teacher scales relative to the image")
     "fixmatch+multiscale-image": (
         "configs/demo_fixmatch.yaml",
         [
-            "--model.pseudo_label_scales=[1.0, 1.25]",
-            "--model.pseudo_label_fusion=geometric",
-            "--model.pseudo_label_scale_reference=image",
+            "--model.pseudo_labels.scales=[1.0, 1.25]",
+            "--model.experimental.pseudo_label_fusion=geometric",
+            "--model.experimental.pseudo_label_scale_reference=image",
         ],
     ),
     "maskmatch": ("configs/demo.yaml", []),  # the demo default: the masked view, pseudo-labels at one scale
     # the paper's full method: the masked view and pseudo-labels fused over three scales
-    "maskmatch+multiscale": ("configs/demo.yaml", ["--model.pseudo_label_scales=[0.75, 1.0, 1.25]"]),
-    "maskmatch+ema": ("configs/demo.yaml", ["--model.teacher=ema"]),
+    "maskmatch+multiscale": ("configs/demo.yaml", ["--model.pseudo_labels.scales=[0.75, 1.0, 1.25]"]),
+    "maskmatch+ema": ("configs/demo.yaml", ["--model.pseudo_labels.teacher=ema"]),
     # MaskMatch with every student forward updating the BatchNorm statistics (the default before 2026-11-24)
-    "maskmatch-bn-all": ("configs/demo.yaml", ["--model.norm_stats=all"]),
+    "maskmatch-bn-all": ("configs/demo.yaml", ["--model.views.norm_stats=all"]),
     "unimatch": ("configs/demo_unimatch.yaml", []),
     "unimatch+maskmatch": ("configs/demo_unimatch_maskmatch.yaml", []),
     "supervised-all-labels": ("configs/demo_supervised.yaml", ["--data.split=full"]),
     # issue 24 (weak teachers): class-wise self-adaptive thresholds (FreeMatch) on each method, and the
     # demo's tau / LR against the reference's
-    "fixmatch+freematch": ("configs/demo_fixmatch.yaml", ["--model.pseudo_label_threshold=freematch"]),
-    "maskmatch+freematch": ("configs/demo.yaml", ["--model.pseudo_label_threshold=freematch"]),
-    "unimatch+freematch": ("configs/demo_unimatch.yaml", ["--model.pseudo_label_threshold=freematch"]),
-    "fixmatch+freematch_prior": ("configs/demo_fixmatch.yaml", ["--model.pseudo_label_threshold=freematch_prior"]),
-    "maskmatch+freematch_prior": ("configs/demo.yaml", ["--model.pseudo_label_threshold=freematch_prior"]),
-    "unimatch+freematch_prior": ("configs/demo_unimatch.yaml", ["--model.pseudo_label_threshold=freematch_prior"]),
-    "fixmatch-tau0.95": ("configs/demo_fixmatch.yaml", ["--model.conf_threshold=0.95"]),
-    "fixmatch-lr0.003": ("configs/demo_fixmatch.yaml", ["--model.lr=0.003"]),
+    "fixmatch+freematch": ("configs/demo_fixmatch.yaml", ["--model.pseudo_labels.threshold_rule=freematch"]),
+    "maskmatch+freematch": ("configs/demo.yaml", ["--model.pseudo_labels.threshold_rule=freematch"]),
+    "unimatch+freematch": ("configs/demo_unimatch.yaml", ["--model.pseudo_labels.threshold_rule=freematch"]),
+    "fixmatch+freematch_prior": ("configs/demo_fixmatch.yaml", ["--model.pseudo_labels.threshold_rule=freematch_prior"]),
+    "maskmatch+freematch_prior": ("configs/demo.yaml", ["--model.pseudo_labels.threshold_rule=freematch_prior"]),
+    "unimatch+freematch_prior": ("configs/demo_unimatch.yaml", ["--model.pseudo_labels.threshold_rule=freematch_prior"]),
+    "fixmatch-tau0.95": ("configs/demo_fixmatch.yaml", ["--model.pseudo_labels.threshold=0.95"]),
+    "fixmatch-lr0.003": ("configs/demo_fixmatch.yaml", ["--model.optimization.lr=0.003"]),
 }
 CORE = [
     "supervised",

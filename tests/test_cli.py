@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,20 @@ import torch
 import yaml
 from PIL import Image
 
-from maskmatch_pl import MaskMatchModule, SemiSupervisedDataModule, build_demo_dataset
+from maskmatch_pl import (
+    Evaluation,
+    MaskMatchModule,
+    Network,
+    Optimization,
+    PseudoLabeling,
+    SemiSupervisedDataModule,
+    SupervisedLoss,
+    Views,
+    Weights,
+    build_demo_dataset,
+)
 from maskmatch_pl.cli import MaskMatchCLI, main
+from maskmatch_pl.experimental import Experimental
 
 from .conftest import tiny_model_args
 
@@ -179,21 +192,21 @@ def test_print_config_shows_every_method_knob(config):
         text=True,
         check=True,
     )
-    printed = yaml.safe_load(result.stdout)
-    for knob in (
-        "mask_ratio",
-        "mask_patch_size",
-        "masked_weight",
-        "strong_weight",
-        "pseudo_label_scales",
-        "conf_threshold",
-        "teacher",
-        "ema_momentum",
-        "cutmix_prob",
-        "eval_mode",
-        "student_forward",
+    printed = yaml.safe_load(result.stdout)["model"]
+    for group, knob in (
+        ("weights", "strong"),
+        ("pseudo_labels", "scales"),
+        ("pseudo_labels", "threshold"),
+        ("pseudo_labels", "teacher"),
+        ("pseudo_labels", "ema_momentum"),
+        ("views", "cutmix_prob"),
+        ("views", "student_forward"),
+        ("evaluation", "mode"),
+        ("experimental", "masked_norm"),
     ):
-        assert knob in printed["model"], knob
+        assert knob in printed[group], (group, knob)
+    if printed["masking"] is not None:  # null: the FixMatch and supervised configs
+        assert {"weight", "ratio", "patch_size", "space"} <= set(printed["masking"])
 
 
 def test_default_root_dir_decides_where_logs_config_and_checkpoints_go(tmp_path, demo_cache, monkeypatch):
@@ -230,17 +243,17 @@ def test_evaluation_flags_win_over_the_checkpoint_and_another_network_is_refused
             [
                 *args,
                 "--trainer.limit_val_batches=1",
-                "--model.eval_mode=sliding_window",
-                "--model.eval_crop_size=32",
-                "--model.eval_flip=true",
+                "--model.evaluation.mode=sliding_window",
+                "--model.evaluation.crop_size=32",
+                "--model.evaluation.flip=true",
                 f"--ckpt_path={ckpt}",
             ]
         )
     assert "evaluation: eval_mode=sliding_window, crop 32, scales [1.0], flip True" in caplog.text
-    assert "from the command line and config: eval_mode=sliding_window" in caplog.text
-    other = [arg for arg in args if not arg.startswith("--model.encoder_name")]
-    with pytest.raises(ValueError, match=r"another network than the config \(encoder_name: checkpoint"):
-        main([*other, "--model.encoder_name=tu-mobilenetv3_small_075", f"--ckpt_path={ckpt}"])
+    assert "from the command line and config: evaluation.mode=sliding_window" in caplog.text
+    other = [arg for arg in args if not arg.startswith("--model.network.encoder_name")]
+    with pytest.raises(ValueError, match=r"another network than the config \(network.encoder_name: checkpoint"):
+        main([*other, "--model.network.encoder_name=tu-mobilenetv3_small_075", f"--ckpt_path={ckpt}"])
     names = "[" + ", ".join(f"c{i}" for i in range(12)) + "]"
     with pytest.raises(ValueError, match=r"num_classes: checkpoint 11 vs this model 12"):
         main([*args, "--data.num_classes=12", f"--data.class_names={names}", f"--ckpt_path={ckpt}"])
@@ -263,7 +276,7 @@ def _option_help(help_text, prefix):
     """``{option: its help text}`` of the options ``--<prefix>.<knob>`` in ``--help``'s output."""
     entries, option = {}, None
     for line in help_text.splitlines():
-        match = re.match(rf"  (--{prefix}\.\w+)(?: \S+)*?(?:  +(.*))?$", line)
+        match = re.match(rf"  (--{prefix}\.[\w.]+)(?: \S+)*?(?:  +(.*))?$", line)
         if match:
             option = match.group(1)
             entries[option] = match.group(2) or ""
@@ -276,12 +289,17 @@ def _option_help(help_text, prefix):
 
 def test_fit_help_explains_every_knob_and_lists_no_module_classes(fit_help):
     assert "torch.nn.Conv2d" not in fit_help and "known subclasses: torch.nn" not in fit_help
-    assert len(fit_help.splitlines()) < 900
-    for prefix, init in (("model", MaskMatchModule.__init__), ("data", SemiSupervisedDataModule.__init__)):
+    assert len(fit_help.splitlines()) <= 400  # one line per knob
+    assert len(inspect.signature(MaskMatchModule.__init__).parameters) - 1 <= 12  # a few groups, not 48 knobs
+    groups = {"network": Network, "pseudo_labels": PseudoLabeling, "weights": Weights, "views": Views}
+    groups |= {"optimization": Optimization, "evaluation": Evaluation, "experimental": Experimental}
+    groups["sup_loss"] = SupervisedLoss
+    model_knobs = {f"--model.{group}.{field.name}" for group, cls in groups.items() for field in fields(cls)}
+    model_knobs |= {"--model.masking", "--model.model"}  # masking: a group or null
+    data_knobs = {f"--data.{name}" for name in inspect.signature(SemiSupervisedDataModule.__init__).parameters}
+    for prefix, knobs in (("model", model_knobs), ("data", data_knobs - {"--data.self", "--data.strong_views"})):
         entries = _option_help(fit_help, prefix)
-        linked = {"model.num_classes", "model.class_names", "data.strong_views"}  # set by the other section
-        knobs = {f"--{prefix}.{name}" for name in inspect.signature(init).parameters if name != "self"}
-        assert knobs - {f"--{key}" for key in linked} <= set(entries), prefix
+        assert knobs <= set(entries), (prefix, sorted(knobs - set(entries)))
         lacking = [option for option in knobs & set(entries) if entries[option].startswith(("(type", "(required"))]
         assert not lacking, f"no help text: {lacking}"
 
@@ -356,9 +374,9 @@ def test_fits_without_a_logger_in_one_folder_keep_every_config_and_checkpoint(de
     ]
     main(args)
     first = (tmp_path / "config.yaml").read_bytes()
-    main([*args, "--model.lr=0.02"])
+    main([*args, "--model.optimization.lr=0.02"])
     assert (tmp_path / "config.yaml").read_bytes() == first
-    assert yaml.safe_load((tmp_path / "config_1.yaml").read_text())["model"]["lr"] == 0.02
+    assert yaml.safe_load((tmp_path / "config_1.yaml").read_text())["model"]["optimization"]["lr"] == 0.02
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and (tmp_path / "checkpoints_1" / "last.ckpt").is_file()
     main(["validate", *args[1:], f"--ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"])  # its config apart
     assert sorted(p.name for p in tmp_path.iterdir()) == [

@@ -22,7 +22,7 @@ CPU = [
     "--data.num_workers=0",
     "--data.batch_size=2",
     "--data.crop_size=64",
-    "--model.eval_crop_size=64",
+    "--model.evaluation.crop_size=64",
 ]
 
 
@@ -73,7 +73,7 @@ def test_cityscapes_layout_sliding_window_and_ohem(tmp_path):
         "configs/cityscapes.yaml",
         root,
         tmp_path / "run",
-        [f"--data.root={root}", "--data.split=1_16", "--model.ohem_min_kept=1000"],
+        [f"--data.root={root}", "--data.split=1_16", "--model.sup_loss.ohem_min_kept=1000"],
     )
     assert "val/IoU_traffic_light" in logged(tmp_path / "run")
     main(

@@ -9,16 +9,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from maskmatch_pl import MaskMatchModule, SegmentationNetwork
+from maskmatch_pl import SegmentationNetwork
 from maskmatch_pl.cli import main
 from maskmatch_pl.data.transforms import to_tensor
 from maskmatch_pl.export import export_onnx, padded_size
 
-from .conftest import tiny_model_args
+from .conftest import flat_module, tiny_model_args
 
 ort = pytest.importorskip("onnxruntime")
 
-FPN = ["--model.arch=FPN", "--model.model_kwargs={}"]  # the tiny encoder under FPN: inputs padded to 32
+FPN = ["--model.network.arch=FPN", "--model.network.model_kwargs={}"]  # the tiny encoder under FPN: inputs padded to 32
 SIZES = [(64, 64), (37, 53), (100, 20), (5, 7)]  # height x width; 5 x 7 pads to two cells of the deepest map
 
 
@@ -118,7 +118,7 @@ def test_an_existing_output_is_kept_unless_overwrite_and_a_missing_checkpoint_is
 
 def test_a_network_exports_from_python_and_matches_predict_labels(tiny_module_kwargs, tmp_path):
     """The tiny Unet takes any size but never a 1 x 1 deepest map: the padding rule's other branch."""
-    module = MaskMatchModule(**tiny_module_kwargs).eval()
+    module = flat_module(**tiny_module_kwargs).eval()
     model = export_onnx(module.network, tmp_path / "unet.onnx")
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from maskmatch_pl import MaskMatchModule, SemiSupervisedDataModule
+from maskmatch_pl import SemiSupervisedDataModule
 from maskmatch_pl.data.testbeds import load_faces, load_textures, render_defects, render_faces, write_testbed
 from maskmatch_pl.health import PseudoLabelHealth
 from maskmatch_pl.losses import consistency_loss
 from maskmatch_pl.targets import PseudoLabels
 from maskmatch_pl.thresholds import PseudoLabelThreshold
 
-from .conftest import TINY_MODEL
+from .conftest import TINY_MODEL, flat_module
 
 
 # ---------------------------------------------------------------- FreeMatch thresholds
@@ -58,8 +58,8 @@ def test_the_prior_variant_divides_the_class_distribution_by_the_labeled_share()
 
 
 def test_checkpoints_load_across_threshold_kinds(tmp_path):
-    fixed = MaskMatchModule(**TINY_MODEL, num_classes=11)
-    adaptive = MaskMatchModule(**TINY_MODEL, num_classes=11, pseudo_label_threshold="freematch_prior")
+    fixed = flat_module(**TINY_MODEL, num_classes=11)
+    adaptive = flat_module(**TINY_MODEL, num_classes=11, pseudo_label_threshold="freematch_prior")
     for source, target in ((fixed, adaptive), (adaptive, fixed)):
         checkpoint = {"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}
         target.on_load_checkpoint(checkpoint)
@@ -126,7 +126,7 @@ def always_background(images, scales=None, view_scale=None, flip=None):
 
 def test_the_module_warns_and_logs_a_constructed_collapse_without_masks(demo_cache):
     torch.manual_seed(0)
-    model = MaskMatchModule(**TINY_MODEL, num_classes=11, masked_weight=0, pseudo_label_scales=[1.0], health_every=1)
+    model = flat_module(**TINY_MODEL, num_classes=11, masked_weight=0, pseudo_label_scales=[1.0], health_every=1)
     model.teacher.scale_probabilities = always_background
     data = SemiSupervisedDataModule(
         dataset="demo", cache_dir=str(demo_cache), crop_size=32, batch_size=2, num_workers=0

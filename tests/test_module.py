@@ -6,6 +6,8 @@ from torch import nn
 
 from maskmatch_pl import BatchFormatError, MaskMatchModule, image_scale_probabilities, scale_probabilities
 
+from .conftest import flat_module
+
 
 def make_batch(batch=4, size=32, strong_views=1, seed=0):
     generator = torch.Generator().manual_seed(seed)
@@ -48,11 +50,11 @@ def test_each_part_can_be_switched_off_and_logs_only_what_applies(tiny_module_kw
     if overrides.get("strong_views") == 2:
         overrides = {**overrides, "masked_weight": 0.0}
         expected = expected - {"masked"}
-    module = MaskMatchModule(**{**tiny_module_kwargs, **overrides})
+    module = flat_module(**{**tiny_module_kwargs, **overrides})
     loss, logged = run_step(module, make_batch(strong_views=overrides.get("strong_views", 1)))
     assert {name.removeprefix("train/loss_") for name in logged if name.startswith("train/loss_")} == expected
-    hp = module.hparams
-    weights = {"sup": hp.sup_weight, "strong": hp.strong_weight, "masked": hp.masked_weight, "fp": hp.fp_weight}
+    w = module.weights
+    weights = {"sup": w.sup, "strong": w.strong, "masked": w.masked, "fp": w.fp}
     assert loss.item() == pytest.approx(sum(weights[n] * logged[f"train/loss_{n}"] for n in expected), rel=1e-5)
     assert ("train/confident_fraction" in logged) == (expected != {"sup"})
     assert all(p.grad is not None for p in module.network.parameters() if p.requires_grad)
@@ -61,7 +63,7 @@ def test_each_part_can_be_switched_off_and_logs_only_what_applies(tiny_module_kw
 @pytest.mark.parametrize(("step", "ramp"), [(0, 0.0), (50, 0.25), (200, 1.0), (400, 1.0)])
 def test_unlabeled_weights_ramp_up_linearly(tiny_module_kwargs, monkeypatch, step, ramp):
     monkeypatch.setattr(MaskMatchModule, "global_step", property(lambda self: step))
-    module = MaskMatchModule(
+    module = flat_module(
         **tiny_module_kwargs, unsup_rampup_steps=200, strong_weight=0.5, masked_weight=0.7, conf_threshold=0.0
     )
     loss, logged = run_step(module, make_batch())
@@ -72,19 +74,19 @@ def test_unlabeled_weights_ramp_up_linearly(tiny_module_kwargs, monkeypatch, ste
     assert logged["train/unsup_ramp"] == ramp
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="unsup_rampup_steps must be >= 0, got -1"):
-        MaskMatchModule(**tiny_module_kwargs, unsup_rampup_steps=-1)
+        flat_module(**tiny_module_kwargs, unsup_rampup_steps=-1)
 
 
 def test_masked_term_alone_can_ramp_up(tiny_module_kwargs, monkeypatch):
     monkeypatch.setattr(MaskMatchModule, "global_step", property(lambda self: 50))
-    module = MaskMatchModule(**tiny_module_kwargs, masked_rampup_steps=200, conf_threshold=0.0)
+    module = flat_module(**tiny_module_kwargs, masked_rampup_steps=200, conf_threshold=0.0)
     loss, logged = run_step(module, make_batch())
     expected = (
         0.5 * logged["train/loss_sup"] + 0.5 * logged["train/loss_strong"] + 0.25 * 0.5 * logged["train/loss_masked"]
     )
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="masked_rampup_steps must be >= 0, got -2"):
-        MaskMatchModule(**tiny_module_kwargs, masked_rampup_steps=-2)
+        flat_module(**tiny_module_kwargs, masked_rampup_steps=-2)
 
 
 @pytest.mark.parametrize(
@@ -100,9 +102,9 @@ def test_norm_stats_unmasked_keeps_the_masked_view_out_of_the_running_statistics
     # same labeled, strong (and perturbed-feature) forwards: its running statistics are what 'unmasked' must leave
     batch = make_batch(strong_views=extra.get("strong_views", 1))
     kwargs = dict(tiny_module_kwargs, **extra)
-    unmasked = MaskMatchModule(**kwargs, norm_stats="unmasked", masked_weight=0.5)
-    every_view = MaskMatchModule(**kwargs, norm_stats="all", masked_weight=0.5)
-    no_masked_view = MaskMatchModule(**kwargs, norm_stats="all", masked_weight=0.0)
+    unmasked = flat_module(**kwargs, norm_stats="unmasked", masked_weight=0.5)
+    every_view = flat_module(**kwargs, norm_stats="all", masked_weight=0.5)
+    no_masked_view = flat_module(**kwargs, norm_stats="all", masked_weight=0.0)
     for module in (every_view, no_masked_view):
         module.load_state_dict(unmasked.state_dict())
     logged = []
@@ -124,12 +126,12 @@ def test_norm_stats_labeled_keeps_running_statistics_of_the_labeled_batch_only(t
     import copy
 
     batch = make_batch()
-    module = MaskMatchModule(**tiny_module_kwargs)  # norm_stats="labeled" is the default
-    assert module.hparams.norm_stats == "labeled"
+    module = flat_module(**tiny_module_kwargs)  # norm_stats="labeled" is the default
+    assert module.hparams.views["norm_stats"] == "labeled"
     reference = copy.deepcopy(module.network).train()
     with torch.no_grad():
         reference(batch["labeled"]["image"])  # what the running statistics should become
-    everything = MaskMatchModule(**tiny_module_kwargs, norm_stats="all")
+    everything = flat_module(**tiny_module_kwargs, norm_stats="all")
     everything.load_state_dict(module.state_dict())
     run_step(module, batch)
     run_step(everything, batch)
@@ -144,25 +146,25 @@ def test_norm_stats_labeled_keeps_running_statistics_of_the_labeled_batch_only(t
     momenta = {m.momentum for m in module.network.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert 0.0 not in momenta  # restored after the step
     with pytest.raises(ValueError, match=r"norm_stats='labeled' needs student_forward 'sequential'"):
-        MaskMatchModule(**tiny_module_kwargs, student_forward="concat")
+        flat_module(**tiny_module_kwargs, student_forward="concat")
     with pytest.raises(ValueError, match=r"norm_stats='unmasked' needs student_forward 'sequential'"):
-        MaskMatchModule(**tiny_module_kwargs, student_forward="concat", norm_stats="unmasked")
+        flat_module(**tiny_module_kwargs, student_forward="concat", norm_stats="unmasked")
     # without a masked view 'unmasked' is 'all': concat is the same step as with 'all'
     fixmatch = {**tiny_module_kwargs, "masked_weight": 0.0, "student_forward": "concat"}
-    unmasked, every = MaskMatchModule(**fixmatch, norm_stats="unmasked"), MaskMatchModule(**fixmatch, norm_stats="all")
+    unmasked, every = flat_module(**fixmatch, norm_stats="unmasked"), flat_module(**fixmatch, norm_stats="all")
     every.load_state_dict(unmasked.state_dict())
     losses = [run_step(m, batch)[0] for m in (unmasked, every)]
     torch.testing.assert_close(losses[0], losses[1])
     for name, buffer in unmasked.network.named_buffers():
         torch.testing.assert_close(buffer, every.network.get_buffer(name))
     with pytest.raises(ValueError, match="norm_stats must be 'all', 'labeled' or 'unmasked', got 'masked'"):
-        MaskMatchModule(**tiny_module_kwargs, norm_stats="masked")
+        flat_module(**tiny_module_kwargs, norm_stats="masked")
     with pytest.raises(ValueError, match="student_forward must be 'sequential', 'batched' or 'concat', got 'joint'"):
-        MaskMatchModule(**tiny_module_kwargs, student_forward="joint")
+        flat_module(**tiny_module_kwargs, student_forward="joint")
 
 
 def test_masked_norm_running_normalises_the_masked_view_as_the_eval_mode_teacher(tiny_module_kwargs):
-    module = MaskMatchModule(**{**tiny_module_kwargs, "pseudo_label_scales": [1.0]}, masked_norm="running")
+    module = flat_module(**{**tiny_module_kwargs, "pseudo_label_scales": [1.0]}, masked_norm="running")
     norms = [m for m in module.network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     student = []  # (input, BatchNorm in train mode?, logits) of every forward that builds a graph
 
@@ -180,7 +182,7 @@ def test_masked_norm_running_normalises_the_masked_view_as_the_eval_mode_teacher
     with torch.no_grad():
         torch.testing.assert_close(module.network(masked_input), masked_logits)
     with pytest.raises(ValueError, match="masked_norm must be 'batch' or 'running', got 'eval'"):
-        MaskMatchModule(**tiny_module_kwargs, masked_norm="eval")
+        flat_module(**tiny_module_kwargs, masked_norm="eval")
 
 
 def test_running_norm_statistics_switches_only_tracking_batchnorm_and_restores_it():
@@ -206,8 +208,8 @@ def test_running_norm_statistics_switches_only_tracking_batchnorm_and_restores_i
 
 def test_pseudo_label_fusion_reaches_the_step(tiny_module_kwargs):
     kwargs = {**tiny_module_kwargs, "masked_weight": 0.0, "conf_threshold": 0.0, "cutmix_prob": 0.0}
-    geometric = MaskMatchModule(**kwargs, pseudo_label_fusion="geometric")
-    mean = MaskMatchModule(**kwargs)
+    geometric = flat_module(**kwargs, pseudo_label_fusion="geometric")
+    mean = flat_module(**kwargs)
     mean.load_state_dict(geometric.state_dict())
     assert geometric.teacher.fusion == "geometric" and mean.teacher.fusion == "mean"
     batch = make_batch()
@@ -216,14 +218,14 @@ def test_pseudo_label_fusion_reaches_the_step(tiny_module_kwargs):
     assert logged_geometric["train/loss_sup"] == pytest.approx(logged_mean["train/loss_sup"])
     assert logged_geometric["train/loss_strong"] != pytest.approx(logged_mean["train/loss_strong"])
     with pytest.raises(ValueError, match="pseudo_label_fusion must be 'mean' or 'geometric', got 'max'"):
-        MaskMatchModule(**tiny_module_kwargs, pseudo_label_fusion="max")
+        flat_module(**tiny_module_kwargs, pseudo_label_fusion="max")
 
 
 def test_image_relative_pseudo_label_scales_read_the_batchs_view_scale(tiny_module_kwargs):
     kwargs = {**tiny_module_kwargs, "masked_weight": 0.0, "conf_threshold": 0.0, "cutmix_prob": 0.0}
     kwargs["pseudo_label_scales"] = [1.0]
-    image = MaskMatchModule(**kwargs, pseudo_label_scale_reference="image")
-    view = MaskMatchModule(**kwargs)
+    image = flat_module(**kwargs, pseudo_label_scale_reference="image")
+    view = flat_module(**kwargs)
     start = {name: value.clone() for name, value in image.state_dict().items()}
 
     def step(module, view_scale):  # every step from the same weights and BatchNorm statistics
@@ -242,17 +244,15 @@ def test_image_relative_pseudo_label_scales_read_the_batchs_view_scale(tiny_modu
     assert rescaled["train/loss_sup"] == pytest.approx(reference["train/loss_sup"], rel=1e-5)
     assert rescaled["train/loss_strong"] != pytest.approx(reference["train/loss_strong"], rel=1e-3)
     with pytest.raises(ValueError, match="needs pseudo_label_scale_reference='view'"):
-        MaskMatchModule(**kwargs, pseudo_label_scale_reference="image", teacher_pass="joint", norm_stats="all")
+        flat_module(**kwargs, pseudo_label_scale_reference="image", teacher_pass="joint", norm_stats="all")
 
 
 @pytest.mark.parametrize("norm_stats", ["labeled", "all", "unmasked"])
 def test_batched_student_forward_gives_the_sequential_step(tiny_module_kwargs, norm_stats):
     """One forward for all views with per-view BatchNorm statistics: the same loss, gradients
     and running statistics as one forward per view."""
-    sequential = MaskMatchModule(**tiny_module_kwargs, norm_stats=norm_stats, conf_threshold=0.1)
-    batched = MaskMatchModule(
-        **tiny_module_kwargs, norm_stats=norm_stats, conf_threshold=0.1, student_forward="batched"
-    )
+    sequential = flat_module(**tiny_module_kwargs, norm_stats=norm_stats, conf_threshold=0.1)
+    batched = flat_module(**tiny_module_kwargs, norm_stats=norm_stats, conf_threshold=0.1, student_forward="batched")
     batched.load_state_dict(sequential.state_dict())
     batch = make_batch()
     loss_sequential, _ = run_step(sequential, batch)
@@ -271,8 +271,8 @@ def test_channels_last_gives_the_same_step_and_checkpoints(tiny_module_kwargs, f
     as the default layout (feature perturbation included), and its checkpoints load either way."""
     kwargs = dict(tiny_module_kwargs, conf_threshold=0.1, fp_weight=fp_weight, teacher=teacher)
     torch.manual_seed(0)
-    default = MaskMatchModule(**kwargs)
-    fast = MaskMatchModule(**kwargs, channels_last=True)
+    default = flat_module(**kwargs)
+    fast = flat_module(**kwargs, channels_last=True)
     fast.load_state_dict(default.state_dict())
     convolutions = [p for p in fast.network.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1]
     assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
@@ -289,7 +289,7 @@ def test_channels_last_gives_the_same_step_and_checkpoints(tiny_module_kwargs, f
         torch.cat([p.grad.flatten() for p in m.network.parameters()]) for m in (default, fast)
     )
     assert (gradient_fast - gradient_default).norm() < 1e-2 * gradient_default.norm()
-    reloaded = MaskMatchModule(**kwargs)
+    reloaded = flat_module(**kwargs)
     reloaded.load_state_dict(fast.state_dict())
     images = torch.randn(2, 3, 37, 45)  # padded to the stride, cropped back
     torch.testing.assert_close(reloaded.eval()(images), fast.eval()(images), rtol=1e-4, atol=1e-5)
@@ -297,17 +297,17 @@ def test_channels_last_gives_the_same_step_and_checkpoints(tiny_module_kwargs, f
 
 def test_supervised_baseline_needs_no_unlabeled_loader_and_others_say_what_is_missing(tiny_module_kwargs):
     batch = {"labeled": make_batch()["labeled"]}
-    supervised = MaskMatchModule(**{**tiny_module_kwargs, "strong_weight": 0.0, "masked_weight": 0.0})
+    supervised = flat_module(**{**tiny_module_kwargs, "strong_weight": 0.0, "masked_weight": 0.0})
     _, logged = run_step(supervised, batch)
     assert set(logged) == {"train/loss_sup", "train/loss"}
     with pytest.raises(BatchFormatError, match="unlabeled batch must be a dict"):
-        run_step(MaskMatchModule(**tiny_module_kwargs), batch)
+        run_step(flat_module(**tiny_module_kwargs), batch)
 
 
 def test_concat_and_sequential_student_passes_agree_in_eval_mode(tiny_module_kwargs):
     from maskmatch_pl import forward_views
 
-    network = MaskMatchModule(**tiny_module_kwargs).network.eval()
+    network = flat_module(**tiny_module_kwargs).network.eval()
     inputs = [torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)]
     together = forward_views(network, inputs, concat=True)
     torch.testing.assert_close(together, forward_views(network, inputs), atol=1e-5, rtol=1e-4)
@@ -317,11 +317,11 @@ def test_any_module_mapping_images_to_logits_can_be_wrapped_and_padded():
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU(), nn.Conv2d(8, 11, 1), nn.Upsample(scale_factor=4)
     )
-    module = MaskMatchModule(model=net, num_classes=11, pad_multiple=4, pseudo_label_scales=[1.0])
+    module = flat_module(model=net, num_classes=11, pad_multiple=4, pseudo_label_scales=[1.0])
     assert module(torch.randn(1, 3, 30, 31)).shape == (1, 11, 30, 31)
     run_step(module, make_batch(size=30))
     with pytest.raises(TypeError, match="encoder.*decoder.*segmentation_head"):
-        MaskMatchModule(model=net, num_classes=11, fp_weight=0.5)
+        flat_module(model=net, num_classes=11, fp_weight=0.5)
 
 
 class OwnPerturbation(nn.Module):
@@ -340,7 +340,7 @@ class OwnPerturbation(nn.Module):
 
 def test_a_network_with_its_own_forward_perturbed_takes_feature_perturbation():
     torch.manual_seed(0)
-    module = MaskMatchModule(model=OwnPerturbation(), num_classes=11, fp_weight=0.5, pseudo_label_scales=[1.0])
+    module = flat_module(model=OwnPerturbation(), num_classes=11, fp_weight=0.5, pseudo_label_scales=[1.0])
     images = torch.randn(2, 3, 30, 31)
     perturbed = module.network.forward_perturbed(images, 0.5)
     assert perturbed.shape == (2, 11, 30, 31) and not torch.allclose(perturbed, module(images))
@@ -348,12 +348,12 @@ def test_a_network_with_its_own_forward_perturbed_takes_feature_perturbation():
 
 
 def test_smp_models_take_any_crop_size(tiny_module_kwargs):
-    module = MaskMatchModule(**tiny_module_kwargs)
+    module = flat_module(**tiny_module_kwargs)
     assert module(torch.randn(1, 3, 37, 45)).shape == (1, 11, 37, 45)
 
 
 def test_bad_batches_get_a_clear_error(tiny_module_kwargs):
-    module = MaskMatchModule(**tiny_module_kwargs)
+    module = flat_module(**tiny_module_kwargs)
     batch = make_batch()
     batch["labeled"]["mask"][0, 5, 5] = 40
     with pytest.raises(BatchFormatError, match=r"'mask' holds \[40\]"):
@@ -369,11 +369,11 @@ def test_bad_batches_get_a_clear_error(tiny_module_kwargs):
 
 
 def test_ema_teacher_follows_the_student_and_is_saved(tiny_module_kwargs):
-    module = MaskMatchModule(**{**tiny_module_kwargs, "teacher": "ema", "ema_momentum": 0.9})
+    module = flat_module(**{**tiny_module_kwargs, "teacher": "ema", "ema_momentum": 0.9})
     teacher = module.teacher.ema
     assert not any(p.requires_grad for p in teacher.parameters())
     assert any(k.startswith("method.teacher.ema.") for k in module.state_dict())
-    assert not any(k.startswith("method.teacher.") for k in MaskMatchModule(**tiny_module_kwargs).state_dict())
+    assert not any(k.startswith("method.teacher.") for k in flat_module(**tiny_module_kwargs).state_dict())
     student = dict(module.network.named_parameters())
     teacher_before = {k: v.clone() for k, v in teacher.named_parameters()}
     with torch.no_grad():
@@ -393,7 +393,7 @@ def test_ema_teacher_updates_once_per_optimiser_step_under_gradient_accumulation
 
     steps = []
     monkeypatch.setattr(teacher_file, "ema_update", lambda teacher, student, momentum: steps.append(momentum))
-    module = MaskMatchModule(**{**tiny_module_kwargs, "teacher": "ema", "ema_momentum": 0.9})
+    module = flat_module(**{**tiny_module_kwargs, "teacher": "ema", "ema_momentum": 0.9})
     batches = torch.utils.data.DataLoader([make_batch(seed=seed) for seed in range(4)], batch_size=None)
     trainer = L.Trainer(
         max_steps=2,
@@ -424,7 +424,7 @@ def test_joint_teacher_pass_takes_pseudo_labels_from_the_labeled_batch_forward(t
     )
     kwargs = {**tiny_module_kwargs, "pseudo_label_scales": [1.0], "masked_weight": 0.0, "cutmix_prob": 0.0}
     batch = make_batch()
-    module = MaskMatchModule(**kwargs, teacher_pass="joint", norm_stats="all")
+    module = flat_module(**kwargs, teacher_pass="joint", norm_stats="all")
     reference = copy.deepcopy(module.network).train()
     with torch.no_grad():
         joint = reference(torch.cat([batch["labeled"]["image"], batch["unlabeled"]["image"]]))[4:]
@@ -437,32 +437,32 @@ def test_joint_teacher_pass_takes_pseudo_labels_from_the_labeled_batch_forward(t
         if name.endswith("running_mean"):
             torch.testing.assert_close(buffer, reference.get_buffer(name))
     with pytest.raises(ValueError, match="teacher_pass='joint' needs teacher='shared'"):
-        MaskMatchModule(**kwargs, teacher_pass="joint", teacher="ema", norm_stats="all")
+        flat_module(**kwargs, teacher_pass="joint", teacher="ema", norm_stats="all")
     # the joint pass updates the running statistics from the weak view: not a labeled-only policy
     with pytest.raises(ValueError, match="it needs norm_stats 'all' or 'unmasked', got 'labeled'"):
-        MaskMatchModule(**kwargs, teacher_pass="joint", norm_stats="labeled")
+        flat_module(**kwargs, teacher_pass="joint", norm_stats="labeled")
 
 
 @pytest.mark.parametrize(
     ("knob", "value", "message"),
     [
-        ("conf_threshold", 1.5, r"conf_threshold must be in \[0, 1\], got 1.5"),
+        ("conf_threshold", 1.5, r"pseudo_labels.threshold must be in \[0, 1\], got 1.5"),
         ("cutmix_prob", 2, r"cutmix_prob must be in \[0, 1\], got 2"),
-        ("mask_ratio", 1.5, r"mask_ratio must be in \[0, 1\]"),
-        ("mask_ratio", -1, r"mask_ratio must be in \[0, 1\]"),
-        ("mask_patch_size", 0, "mask_patch_size must be a whole number of pixels >= 1"),
+        ("mask_ratio", 1.5, r"masking.ratio must be in \[0, 1\]"),
+        ("mask_ratio", -1, r"masking.ratio must be in \[0, 1\]"),
+        ("mask_patch_size", 0, "masking.patch_size must be a whole number of pixels >= 1"),
         ("eval_mode", "tiles", "eval_mode must be 'original', 'center_crop' or 'sliding_window'"),
         ("warmup_steps", -5, "warmup_steps must be >= 0, got -5"),
     ],
 )
 def test_bad_knobs_are_refused_when_the_module_is_built(tiny_module_kwargs, knob, value, message):
     with pytest.raises(ValueError, match=message):
-        MaskMatchModule(**{**tiny_module_kwargs, knob: value})
+        flat_module(**{**tiny_module_kwargs, knob: value})
 
 
 def test_image_relative_scales_with_an_ema_teacher_and_the_monitor_off_scale_one(tiny_module_kwargs):
     kwargs = {**tiny_module_kwargs, "masked_weight": 0.0, "pseudo_label_scales": [1.25], "teacher": "ema"}
-    module = MaskMatchModule(**kwargs, pseudo_label_scale_reference="image")
+    module = flat_module(**kwargs, pseudo_label_scale_reference="image")
     batch = make_batch()
     batch["unlabeled"]["view_scale"] = torch.tensor([0.8, 1.0, 1.2, 1.25])
     batch["unlabeled"]["monitor_mask"] = torch.randint(0, 11, (4, 32, 32))

@@ -98,7 +98,7 @@ def _run(root, cache, monitor):
             "--trainer.log_every_n_steps=1",
             "--trainer.callbacks+=tests.recorders.RecordLosses",
             f"--trainer.callbacks.path={root / 'losses'}",
-            "--model.conf_threshold=0.5",
+            "--model.pseudo_labels.threshold=0.5",
             f"--data.unlabeled_masks_for_monitoring={str(monitor).lower()}",
         ]
     )

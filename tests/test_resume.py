@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from maskmatch_pl import MaskMatchModule, SemiSupervisedDataModule
+from maskmatch_pl import SemiSupervisedDataModule
 from maskmatch_pl.cli import main
 from maskmatch_pl.preemption import PreemptionCheckpoint
 
-from .conftest import TINY_MODEL, tiny_model_args
+from .conftest import TINY_MODEL, flat_module, tiny_model_args
 from .recorders import RecordLosses
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -22,12 +22,13 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 STEPS = 6
 SETUPS = {
     # conf_threshold 0: every pixel's pseudo-label counts, so a teacher one update behind shows in the loss
-    "ema": ["--model.teacher=ema", "--model.conf_threshold=0"],
+    "ema": ["--model.pseudo_labels.teacher=ema", "--model.pseudo_labels.threshold=0"],
     # the FPN's decoder dropout (the shipped demo network has one) draws random numbers every step
     "dropout": [
-        "--model.arch=FPN",
-        "--model.model_kwargs={decoder_pyramid_channels: 32, decoder_segmentation_channels: 32, decoder_dropout: 0.5}",
-        "--model.conf_threshold=0",
+        "--model.network.arch=FPN",
+        "--model.network.model_kwargs={decoder_pyramid_channels: 32, decoder_segmentation_channels: 32, "
+        "decoder_dropout: 0.5}",
+        "--model.pseudo_labels.threshold=0",
     ],
 }
 
@@ -131,7 +132,7 @@ def test_sigterm_in_a_trainer_of_ones_own_waits_for_the_accumulated_step(tmp_pat
     import lightning as L
 
     L.seed_everything(0)
-    module = MaskMatchModule(**TINY_MODEL, num_classes=11, mask_patch_size=8)
+    module = flat_module(**TINY_MODEL, num_classes=11, mask_patch_size=8)
     data = SemiSupervisedDataModule(
         dataset="demo", split="1_16", cache_dir=str(demo_cache), crop_size=32, batch_size=2, num_workers=0
     )

@@ -51,7 +51,7 @@ def losses_of(root, name, *extra, cache):
         "fit",
         "--trainer.max_steps=6",
         "--trainer.limit_val_batches=0",
-        "--model.teacher=ema",
+        "--model.pseudo_labels.teacher=ema",
         "--trainer.callbacks+=tests.recorders.RecordLosses",
         f"--trainer.callbacks.path={record}",
         *extra,

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskmatch_pl import MaskMatchModule, SemiSupervisedDataModule
+from maskmatch_pl import SemiSupervisedDataModule
 from maskmatch_pl.data.datasets import verify_samples
 from maskmatch_pl.optim import build_optimizer
 
-from .conftest import TINY_MODEL
+from .conftest import TINY_MODEL, flat_module
 from .test_module import make_batch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -27,7 +27,7 @@ cutmix_file = importlib.import_module("maskmatch_pl.cutmix")
 @pytest.mark.parametrize("teacher_pass", ["joint", "eval"])
 def test_plain_loop_step_equals_our_step(monkeypatch, teacher_pass):
     torch.manual_seed(0)
-    module = MaskMatchModule(
+    module = flat_module(
         num_classes=11,
         masked_weight=0.0,
         pseudo_label_scales=[1.0],

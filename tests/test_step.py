@@ -16,6 +16,8 @@ from maskmatch_pl.network import SegmentationNetwork
 from maskmatch_pl.teacher import Teacher
 from maskmatch_pl.thresholds import PseudoLabelThreshold
 
+from .conftest import flat_module
+
 
 def tiny_net(classes: int = 3) -> nn.Module:
     return nn.Sequential(
@@ -148,7 +150,7 @@ def test_a_checkpoint_from_before_the_step_module_loads(tmp_path, tiny_module_kw
     load into the module, whose parts now sit under ``method.``."""
     kwargs = {**tiny_module_kwargs, "teacher": "ema", "pseudo_label_threshold": "freematch"}
     torch.manual_seed(0)
-    saved = MaskMatchModule(**kwargs)
+    saved = flat_module(**kwargs)
     state = saved.state_dict()
     assert any(k.startswith("method.teacher.ema.") for k in state)
     assert any(k.startswith("method.threshold.") for k in state)

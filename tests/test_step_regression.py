@@ -28,7 +28,7 @@ from maskmatch_pl.module import MaskMatchModule
 ROOT = Path(__file__).parents[1]
 PINS = Path(__file__).parent / "data" / "step_regression.json"
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("demo*.yaml"))
-OVERRIDES = ["--model.conf_threshold=0.0"]  # every unlabeled pixel confident: all terms non-zero
+OVERRIDES = ["--model.pseudo_labels.threshold=0.0"]  # every unlabeled pixel confident: all terms non-zero
 
 
 def _module(config: str) -> MaskMatchModule:

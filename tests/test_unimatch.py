@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskmatch_pl import MaskMatchModule
-
+from .conftest import flat_module
 from .test_module import make_batch
 
 cutmix_file = importlib.import_module("maskmatch_pl.cutmix")  # the module, not the function of that name
@@ -77,7 +76,7 @@ def unimatch_reference(net, batch, boxes, tau):
 def test_unimatch_total_loss_matches_the_reference(monkeypatch, tau):
     torch.manual_seed(0)
     net = EncoderDecoder()
-    module = MaskMatchModule(
+    module = flat_module(
         model=net,
         num_classes=11,
         sup_weight=0.5,

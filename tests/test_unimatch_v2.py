@@ -15,6 +15,7 @@ from maskmatch_pl.network import SegmentationNetwork
 from maskmatch_pl.perturbation import complementary_channel_masks
 from maskmatch_pl.targets import PseudoLabels
 
+from .conftest import flat_module
 from .test_module import make_batch
 from .test_vit import TINY_HEAD, TINY_VIT, tiny_vit
 
@@ -112,7 +113,7 @@ def without_batchnorm_and_dropout(net):
 def test_unimatch_v2_total_loss_matches_the_reference(monkeypatch, tau):
     torch.manual_seed(0)
     net = without_batchnorm_and_dropout(tiny_vit(11))
-    module = MaskMatchModule(model=net, num_classes=11, conf_threshold=tau, **V2)
+    module = flat_module(model=net, num_classes=11, conf_threshold=tau, **V2)
     module.log = lambda *args, **kwargs: None
     batch = make_batch(batch=4, size=56, strong_views=2)  # 56: no padding (28 would pad to 28 x 56)
     batch["unlabeled"]["ignore_mask"][0, :, -4:] = 255
@@ -131,11 +132,11 @@ def test_unimatch_v2_total_loss_matches_the_reference(monkeypatch, tau):
 
 def test_complementary_dropout_is_refused_where_it_cannot_apply(tiny_module_kwargs):
     with pytest.raises(ValueError, match="needs strong_views 2"):
-        MaskMatchModule(model=tiny_vit(11), num_classes=11, **{**V2, "strong_views": 1})
+        flat_module(model=tiny_vit(11), num_classes=11, **{**V2, "strong_views": 1})
     with pytest.raises(TypeError, match="forward_channel_masked.*Set strong_feature_dropout: none"):
-        MaskMatchModule(**{**tiny_module_kwargs, **V2})  # an smp CNN
+        flat_module(**{**tiny_module_kwargs, **V2})  # an smp CNN
     with pytest.raises(ValueError, match="strong_feature_dropout must be"):
-        MaskMatchModule(model=tiny_vit(11), num_classes=11, **{**V2, "strong_feature_dropout": "channel"})
+        flat_module(model=tiny_vit(11), num_classes=11, **{**V2, "strong_feature_dropout": "channel"})
 
 
 @pytest.mark.parametrize(("height", "width"), [(56, 84), (50, 37)])
@@ -184,11 +185,11 @@ def test_the_token_masked_view_never_reads_hidden_patches_and_costs_the_visible_
 
 def test_token_masking_is_refused_where_it_cannot_apply(tiny_module_kwargs):
     with pytest.raises(ValueError, match="multiple of the ViT's patch size 14, got 20"):
-        MaskMatchModule(model=tiny_vit(11), num_classes=11, mask_space="token", mask_patch_size=20)
+        flat_module(model=tiny_vit(11), num_classes=11, mask_space="token", mask_patch_size=20)
     with pytest.raises(TypeError, match="forward_token_masked.*Set mask_space: pixel"):
-        MaskMatchModule(**{**tiny_module_kwargs, "mask_space": "token"})
+        flat_module(**{**tiny_module_kwargs, "mask_space": "token"})
     with pytest.raises(ValueError, match="mask_space must be"):
-        MaskMatchModule(model=tiny_vit(11), num_classes=11, mask_space="tokens")
+        flat_module(model=tiny_vit(11), num_classes=11, mask_space="tokens")
 
 
 def test_the_token_step_draws_the_masked_view_the_pixel_step_does(monkeypatch):
@@ -203,7 +204,7 @@ def test_the_token_step_draws_the_masked_view_the_pixel_step_does(monkeypatch):
     losses = {}
     for space in ("pixel", "token"):
         torch.manual_seed(0)
-        module = MaskMatchModule(
+        module = flat_module(
             model=tiny_vit(11), num_classes=11, mask_space=space, mask_patch_size=14, conf_threshold=0.0,
             pseudo_label_scales=[1.0],
         )  # fmt: skip
@@ -222,14 +223,14 @@ def test_the_dinov2_configs_parse_and_their_step_runs_on_a_tiny_vit(config, caps
         main(["fit", "--config", config, "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["strong_feature_dropout"] == "complementary" and printed["data"]["crop_size"] == 518
+    model = printed["model"]
+    assert model["views"]["strong_feature_dropout"] == "complementary" and printed["data"]["crop_size"] == 518
     assert printed["trainer"]["max_epochs"] == 60
-    assert printed["model"]["encoder_name"].startswith("tu-vit_small_patch14")
-    model = dict(printed["model"], encoder_weights=None, num_classes=11)
-    model["model_kwargs"] = {**TINY_VIT, **TINY_HEAD}
-    module = MaskMatchModule(**{k: v for k, v in model.items() if k != "class_names"})
+    assert model["network"]["encoder_name"].startswith("tu-vit_small_patch14")
+    model["network"].update(encoder_weights=None, model_kwargs={**TINY_VIT, **TINY_HEAD})
+    module = MaskMatchModule(**{k: v for k, v in model.items() if k != "class_names"}, num_classes=11)
     logged = {}
     module.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))
     module.training_step(make_batch(batch=2, size=50, strong_views=2), 0).backward()  # 50: not a multiple of 14
     expected = {"train/loss_sup", "train/loss_strong", "train/loss"}
-    assert expected | ({"train/loss_masked"} if printed["model"]["masked_weight"] > 0 else set()) <= set(logged)
+    assert expected | ({"train/loss_masked"} if model["masking"] else set()) <= set(logged)

@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from maskmatch_pl import MaskMatchModule, SemiSupervisedDataModule
+from maskmatch_pl import SemiSupervisedDataModule
 from maskmatch_pl.data import DataFileError, DataSourceError, SampleReader, load_samples
 from maskmatch_pl.data.sources import Sample
 from maskmatch_pl.evaluation import iou_from_confusion, mean_iou
 from maskmatch_pl.network import SegmentationNetwork, build_smp_model
 
-from .conftest import TINY_MODEL
+from .conftest import TINY_MODEL, flat_module
 
 ORIENTATION = 0x0112
 
@@ -208,7 +208,7 @@ def evaluate(model, root, val_batch_size):
 @pytest.mark.parametrize("mode", ["original", "center_crop", "sliding_window"])
 def test_miou_and_predictions_do_not_depend_on_the_batch(tmp_path, mode):
     torch.manual_seed(0)
-    model = MaskMatchModule(**TINY_MODEL, num_classes=4, eval_mode=mode, eval_crop_size=48)
+    model = flat_module(**TINY_MODEL, num_classes=4, eval_mode=mode, eval_crop_size=48)
     root = unequal_val_set(tmp_path / "val")
     one, predicted_one = evaluate(model, root, 1)
     three, predicted_three = evaluate(model, root, 3)
@@ -262,7 +262,7 @@ def test_a_30_by_24_val_image_validates_through_the_demo_network(tmp_path):
     root = tmp_path / "val"
     save(root / "images" / "tiny.png", np.zeros((24, 30, 3), np.uint8))
     save(root / "masks" / "tiny.png", np.ones((24, 30), np.uint8), "L")
-    model = MaskMatchModule(
+    model = flat_module(
         num_classes=2,
         arch="FPN",
         encoder_name="tu-tf_efficientnet_lite0",
@@ -302,7 +302,7 @@ def test_one_class_is_refused_with_the_two_classes_of_binary_data():
         SemiSupervisedDataModule(dataset="custom", num_classes=3, binary=True)
     assert SemiSupervisedDataModule(dataset="custom", binary=True).num_classes == 2  # the suggested fix works
     with pytest.raises(ValueError, match=r"num_classes is 1, but segmentation needs two classes"):
-        MaskMatchModule(**TINY_MODEL, num_classes=1)
+        flat_module(**TINY_MODEL, num_classes=1)
 
 
 def test_palette_masks_are_read_as_their_indices_not_their_colours(tmp_path):

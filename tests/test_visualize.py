@@ -11,6 +11,8 @@ from maskmatch_pl.data.transforms import denormalise
 from maskmatch_pl.palettes import colour_map, ignore_colour, voc_palette
 from maskmatch_pl.visualize import BACKGROUND, GUTTER, ValPanels, annotate, legend_entries, panel
 
+from .conftest import flat_module
+
 PALETTE = voc_palette(256)
 NAMES = ["background", "aeroplane", "bicycle", "bird"]
 
@@ -138,10 +140,9 @@ def test_small_tiles_are_enlarged_to_128_pixels_and_large_ones_kept(tmp_path, si
 
 @pytest.mark.parametrize("reference", ["view", "image"])
 def test_val_panels_with_the_real_module(tmp_path, tiny_module_kwargs, reference):
-    from maskmatch_pl import MaskMatchModule
 
     names = [f"c{i}" for i in range(11)]
-    module = MaskMatchModule(**tiny_module_kwargs, class_names=names, pseudo_label_scale_reference=reference).eval()
+    module = flat_module(**tiny_module_kwargs, class_names=names, pseudo_label_scale_reference=reference).eval()
     images, truth, _ = columns(batch=2, size=64)
     trainer = SimpleNamespace(
         sanity_checking=False,

@@ -49,10 +49,10 @@ def test_packaged_weights_are_refused_for_a_vit_by_name():
 
 def test_fit_validate_predict_through_the_cli_with_a_patch14_vit(tmp_path, demo_cache):
     model = [
-        "--model.arch=DPT",
-        "--model.encoder_name=tu-vit_small_patch14_dinov2",
-        "--model.encoder_weights=null",
-        "--model.model_kwargs={depth: 4, embed_dim: 32, num_heads: 2, img_size: 28, "
+        "--model.network.arch=DPT",
+        "--model.network.encoder_name=tu-vit_small_patch14_dinov2",
+        "--model.network.encoder_weights=null",
+        "--model.network.model_kwargs={depth: 4, embed_dim: 32, num_heads: 2, img_size: 28, "
         "decoder_intermediate_channels: [16, 16, 16, 16], decoder_fusion_channels: 16}",
     ]
     common = [
@@ -71,7 +71,8 @@ def test_fit_validate_predict_through_the_cli_with_a_patch14_vit(tmp_path, demo_
           "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2"])  # fmt: skip
     checkpoint = next(tmp_path.rglob("last.ckpt"))
     main(["validate", *common, f"--trainer.default_root_dir={tmp_path}", "--trainer.limit_val_batches=1",
-          "--model.eval_mode=sliding_window", "--model.eval_crop_size=40", f"--ckpt_path={checkpoint}"])  # fmt: skip
+          "--model.evaluation.mode=sliding_window", "--model.evaluation.crop_size=40",
+          f"--ckpt_path={checkpoint}"])  # fmt: skip
     images = tmp_path / "photos"
     images.mkdir()
     for index, size in enumerate([(37, 53), (29, 50)]):

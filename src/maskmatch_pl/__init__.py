@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations calls home on import otherwise
 
 from .batch import BatchFormatError, check_batch  # noqa: E402
+from .config import Evaluation, Masking, Network, Optimization, PseudoLabeling, Views, Weights  # noqa: E402
 from .cutmix import cutmix, cutmix_boxes, partner_indices, paste  # noqa: E402
 from .data import SemiSupervisedDataModule, build_demo_dataset  # noqa: E402
 from .evaluation import EvalProtocol, predict_probabilities, sliding_window_probabilities  # noqa: E402
@@ -43,6 +44,13 @@ __all__ = [
     "EvalProtocol",
     "LossWeights",
     "MaskMatchModule",
+    "Network",
+    "PseudoLabeling",
+    "Masking",
+    "Weights",
+    "Views",
+    "Optimization",
+    "Evaluation",
     "MaskMatchStep",
     "PatchMasking",
     "PreemptionCheckpoint",

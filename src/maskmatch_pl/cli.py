@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import sys
-from pathlib import PurePosixPath
+import tempfile
+from argparse import SUPPRESS, _SubParsersAction
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from jsonargparse import Namespace
+import torch
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -16,14 +20,15 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from .compat import group_flat_knobs, is_flat
 from .data.datamodule import SemiSupervisedDataModule
 from .export import export_main
 from .module import MaskMatchModule
 from .prediction import PredictionWriter
 from .preemption import PreemptionCheckpoint
 
-EVAL_KNOBS = ("eval_mode", "eval_crop_size", "eval_scales", "eval_flip")  # the command line's win over a checkpoint
-NETWORK_KNOBS = ("arch", "encoder_name", "model_kwargs")  # must match the checkpoint's
+EVAL_KNOBS = ("mode", "crop_size", "scales", "flip")  # model.evaluation's: the command line's win over a checkpoint
+NETWORK_KNOBS = ("arch", "encoder_name", "model_kwargs")  # model.network's: must match the checkpoint's
 EVAL_COMMANDS = ("validate", "test", "predict")  # they log under <logger name>/<command>/, not among the fits
 FOLDER_LOGGERS = (TensorBoardLogger, CSVLogger)  # the loggers that make a version_N folder per run
 OPTIMIZER_OPTIONS = ("--optimizer", "--lr_scheduler")  # LightningCLI's, off here: the model has its own
@@ -34,6 +39,25 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "as_dict"):
         return value.as_dict()
     return list(value) if isinstance(value, tuple) else value
+
+
+class OneLineHelp(DefaultHelpFormatter):
+    """``--help`` with one line per option (its first help sentence, type and default), and a
+    one-line usage: every knob of a section on its own line, instead of Lightning's wrapped
+    paragraphs. ``--print_config`` shows the values, the docstrings of the groups the rest."""
+
+    def add_usage(self, usage: Any, actions: Any, groups: Any, prefix: str | None = None) -> None:
+        if any(isinstance(action, _SubParsersAction) for action in actions):  # maskmatch-pl {fit,validate,...}
+            super().add_usage(usage, actions, groups, prefix)
+            return
+        super().add_usage("%(prog)s [--config CONFIG] [--print_config] [--SECTION.KNOB VALUE ...]", [], [], prefix)
+
+    def _format_action(self, action: Any) -> str:
+        if not action.option_strings or action.help == SUPPRESS:
+            return super()._format_action(action)
+        text = " ".join(self._expand_help(action).split()) if action.help else ""
+        long = [option for option in action.option_strings if option.startswith("--") and not option.endswith("+")]
+        return f"  {(long or action.option_strings)[0]}  {text}\n"
 
 
 def _numbered(name: str, number: int) -> str:
@@ -86,8 +110,8 @@ class SaveRunConfig(SaveConfigCallback):
 class MaskMatchCLI(LightningCLI):
     """``fit`` / ``validate`` / ``test`` / ``predict`` with ``model:``, ``data:``, ``trainer:`` and
     ``prediction:`` config sections. Linked: ``data.num_classes`` and ``data.class_names`` go
-    to the model, ``model.strong_views`` to the data (one knob makes UniMatch's two views), and
-    an unset ``model.eval_crop_size`` is the data's ``crop_size``.
+    to the model, ``model.views.strong_views`` to the data (one knob makes UniMatch's two views), and
+    an unset ``model.evaluation.crop_size`` is the data's ``crop_size``.
 
     The optimiser and LR schedule are the model's (``model.optimizer``, ``model.lr``,
     ``model.lr_multi``, ``model.poly_power``, ...): LightningCLI's ``--optimizer`` /
@@ -98,6 +122,7 @@ class MaskMatchCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("parser_kwargs", {"formatter_class": OneLineHelp})
         kwargs.setdefault("save_config_callback", SaveRunConfig)
         defaults = dict(kwargs.get("trainer_defaults") or {})
         callbacks = defaults.get("callbacks", [])  # SIGTERM saves and exits 143 in every fit (preemption.py)
@@ -109,7 +134,7 @@ class MaskMatchCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
-        parser.link_arguments("model.strong_views", "data.strong_views", apply_on="parse")
+        parser.link_arguments("model.views.strong_views", "data.strong_views", apply_on="parse")
         for action in parser._actions:
             if action.dest == "model.model" and hasattr(action, "extra_help"):
                 # jsonargparse lists every imported nn.Module subclass (about 100 help lines); any of them,
@@ -121,8 +146,8 @@ class MaskMatchCLI(LightningCLI):
             if isinstance(arg, str) and arg.split("=")[0].split(".")[0] in OPTIMIZER_OPTIONS:
                 parser.error(
                     f"{arg.split('=')[0]} is not an option: the optimiser and its poly LR schedule are the model's, "
-                    "set them with --model.optimizer (sgd or adamw), --model.lr, --model.lr_multi, "
-                    "--model.weight_decay, --model.momentum, --model.poly_power and --model.warmup_steps"
+                    "set them with --model.optimization.optimizer (sgd or adamw), --model.optimization.lr, "
+                    "lr_multi, weight_decay, momentum, poly_power and warmup_steps"
                 )
         super().parse_arguments(parser, args)
 
@@ -134,29 +159,48 @@ class MaskMatchCLI(LightningCLI):
         if not subcommand or not self.config[subcommand].get("ckpt_path"):
             return super()._parse_ckpt_path()
         model = self.config[subcommand].model
-        ours = {key: model.get(key) for key in (*EVAL_KNOBS, *NETWORK_KNOBS)}
+        ours = {"evaluation": copy.deepcopy(model.get("evaluation")), "network": _plain(model.get("network"))}
+        self._group_flat_checkpoint(self.config[subcommand].ckpt_path)
         super()._parse_ckpt_path()
         model = self.config[subcommand].model
-        different = [key for key in NETWORK_KNOBS if _plain(model.get(key)) != _plain(ours[key])]
+        theirs = _plain(model.get("network")) or {}
+        different = [key for key in NETWORK_KNOBS if theirs.get(key) != (ours["network"] or {}).get(key)]
         if different:
             found = ", ".join(
-                f"{key}: checkpoint {_plain(model.get(key))!r} vs config {_plain(ours[key])!r}" for key in different
+                f"network.{key}: checkpoint {theirs.get(key)!r} vs config {(ours['network'] or {}).get(key)!r}"
+                for key in different
             )
             raise ValueError(
                 f"--ckpt_path {self.config[subcommand].ckpt_path} holds another network than the config ({found}); "
                 f"use the config the checkpoint was trained with (its config.yaml sits next to its logs)"
             )
-        for key in EVAL_KNOBS:
-            model[key] = ours[key]
+        model.evaluation = ours["evaluation"]
         rank_zero_info(
             "from the checkpoint: the training knobs; from the command line and config: "
-            + ", ".join(f"{key}={_plain(ours[key])}" for key in EVAL_KNOBS)
+            + ", ".join(f"evaluation.{key}={_plain(ours['evaluation'].get(key))}" for key in EVAL_KNOBS)
         )
+
+    def _group_flat_checkpoint(self, ckpt_path: str) -> None:
+        """Lightning parses the checkpoint's hyperparameters as the model's arguments: those of a
+        checkpoint written with the flat knobs of earlier versions are converted first, in a copy."""
+        path = Path(ckpt_path)
+        if not path.is_file():
+            return
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+        hparams = checkpoint.get("hyper_parameters", {})
+        if not is_flat(hparams):
+            return
+        grouped = group_flat_knobs({k: v for k, v in hparams.items() if not k.startswith("_")})
+        checkpoint["hyper_parameters"] = {k: v for k, v in grouped.items() if k != "model"}
+        converted = Path(tempfile.mkdtemp(prefix="maskmatch_pl_ckpt_")) / path.name
+        torch.save(checkpoint, converted)
+        rank_zero_info(f"--ckpt_path {path}: flat knobs of an earlier version, read as groups (maskmatch_pl.compat)")
+        self.config[self.config.subcommand].ckpt_path = str(converted)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.model.get("eval_crop_size") is None:
-            config.model.eval_crop_size = config.data.crop_size
+        if config.model.evaluation.get("crop_size") is None:
+            config.model.evaluation.crop_size = config.data.crop_size
         if self.subcommand in EVAL_COMMANDS:
             _log_evaluation_apart(config.trainer, self.subcommand)
 

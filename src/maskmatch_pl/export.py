@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .compat import group_flat_knobs, is_flat
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .network import SegmentationNetwork, build_smp_model
 
@@ -107,8 +108,8 @@ class DeployableSegmenter(nn.Module):
 def load_student(checkpoint: str | os.PathLike) -> tuple[SegmentationNetwork, list[str] | None]:
     """The student network of a ``MaskMatchModule`` checkpoint and its class names.
 
-    The network is built from the checkpoint's own hyperparameters (``arch``, ``encoder_name``,
-    ``model_kwargs``, ``num_classes``, ``pad_multiple``) as the module builds it, and only the
+    The network is built from the checkpoint's own hyperparameters (``network`` and ``num_classes``;
+    the flat knobs of older checkpoints are converted) as the module builds it, and only the
     student's weights are loaded (strictly): nothing is downloaded, and the method's other
     knobs and state (teacher, thresholds) play no part.
 
@@ -122,9 +123,13 @@ def load_student(checkpoint: str | os.PathLike) -> tuple[SegmentationNetwork, li
         raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint file")
     saved = torch.load(path, map_location="cpu", weights_only=False)
     hp = saved.get("hyper_parameters", {})
+    hp = group_flat_knobs({k: v for k, v in hp.items() if not k.startswith("_")}) if is_flat(hp) else hp
     try:
-        net = build_smp_model(hp["arch"], hp["encoder_name"], None, hp["num_classes"], **(hp.get("model_kwargs") or {}))
-        network = SegmentationNetwork(net, hp.get("pad_multiple"))
+        spec = hp.get("network") or {}
+        net = build_smp_model(
+            spec["arch"], spec["encoder_name"], None, hp["num_classes"], **(spec.get("model_kwargs") or {})
+        )
+        network = SegmentationNetwork(net, spec.get("pad_multiple"))
         state = saved["state_dict"]
         prefix = "method.network." if any(k.startswith("method.network.") for k in state) else "network."  # older
         weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}

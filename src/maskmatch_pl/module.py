@@ -7,8 +7,9 @@ into them and wires them into a training step that follows the paper's algorithm
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
@@ -17,21 +18,40 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from .batch import check_batch
-from .evaluation import EvalMode, EvalProtocol, iou_from_confusion, mean_iou, size_groups
+from .compat import group_flat_knobs, is_flat
+from .config import Evaluation, Masking, Network, Optimization, PseudoLabeling, Views, Weights
+from .evaluation import EvalProtocol, iou_from_confusion, mean_iou, size_groups
+from .experimental import Experimental
 from .health import PseudoLabelHealth
 from .locality import LocalityScores
 from .losses import LossWeights, SupervisedLoss, rampup_factor
 from .masking import PatchMasking
 from .monitoring import PseudoLabelMonitor
-from .multiscale import Fusion
-from .network import NormStats, SegmentationNetwork, build_smp_model
+from .network import SegmentationNetwork, build_smp_model
 from .optim import build_optimizer, poly_schedule
 from .step import MaskMatchStep, StepOutput, TeacherOutput
 from .targets import IGNORE_INDEX
-from .teacher import ScaleReference, Teacher
-from .thresholds import PseudoLabelThreshold, ThresholdKind
+from .teacher import Teacher
+from .thresholds import PseudoLabelThreshold
 
 PARTS_BEFORE_STEP = ("network.", "teacher.", "threshold.")  # checkpoint keys now under ``method.``
+Group = TypeVar("Group")
+
+
+def _group(cls: type[Group], value: Group | Mapping[str, Any]) -> Group:
+    """A knob group from its dataclass or a dict of its fields (a checkpoint's hyperparameters)."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return cls(**value)
+    raise TypeError(f"expected a {cls.__name__} or a dict of its fields, got {value!r}")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so that the saved hyperparameters read back as they were written."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return list(value) if isinstance(value, tuple) else value
 
 
 class MaskMatchModule(L.LightningModule):
@@ -40,162 +60,72 @@ class MaskMatchModule(L.LightningModule):
     One training step: supervised CE on the labeled batch; teacher pseudo-labels on the weak
     view from multi-scale ensembling; the student on the CutMixed strong view(s) and on a
     patch-masked copy, both against the same pseudo-labels with the reference consistency
-    loss; optionally UniMatch's feature-perturbation stream. Setting a weight to 0 switches
-    its part off: ``masked_weight=0`` with one scale is FixMatch, all unlabeled weights 0 is
-    the supervised baseline.
+    loss; optionally UniMatch's feature-perturbation stream. ``masking=None`` with one scale is
+    FixMatch; unlabeled weights of 0 and no masking are the supervised baseline.
 
     Args:
         num_classes: Number of classes, required (the CLI links it from ``data.num_classes``).
-        arch: smp architecture, built with ``smp.create_model`` (e.g. DeepLabV3Plus, FPN, Unet).
-        encoder_name: smp encoder (e.g. resnet50, tu-tf_efficientnet_lite0).
-        encoder_weights: None (random init), 'packaged' (ImageNet weights shipped in a pip package, no download) or a
-            hub name such as 'imagenet' (downloads).
-        model_kwargs: More keyword arguments for ``smp.create_model`` (e.g. decoder_channels).
-        model: Any nn.Module mapping B x 3 x H x W images to B x C x H x W logits, used instead of the smp model
-            (in a config: ``{class_path: ..., init_args: ...}``).
-        pad_multiple: Pad inputs to a multiple of this many pixels (default: the smp encoder's output stride, 1 for
-            other networks).
-        channels_last: Keep the weights and feed the images in the channels-last memory format: the same model, a
-            faster one on CPU (oneDNN; about 20 % off the demo's training step on 2 cores, benchmarks/RESULTS.md)
-            and, as a rule, on GPUs with tensor cores (not measured here). Off by default.
-        sup_weight: Weight of the labeled loss.
-        strong_weight: Weight of the strong-view consistency loss (the mean over strong views); 0 switches it off.
-        masked_weight: Weight of the masked-view consistency loss (MaskMatch's masked modeling); 0 switches it off.
-        fp_weight: Weight of UniMatch's feature-perturbation loss; 0 switches it off.
-        unsup_rampup_steps: The unlabeled weights grow linearly from 0 over this many optimiser steps (0: full weight
-            at once, the reference).
-        masked_rampup_steps: The masked weight alone also grows linearly from 0 over this many optimiser steps (0:
-            off).
-        conf_threshold: Pseudo-label confidence threshold tau: pixels with confidence >= tau reach the unlabeled
-            losses.
-        pseudo_label_threshold: 'fixed' (conf_threshold for every class, the reference) or 'freematch' (class-wise
-            self-adaptive thresholds of FreeMatch, arXiv:2205.07246: lower for the classes the teacher gives less
-            probability; for weak teachers and rare or small classes, see README 'Pseudo-label health').
-        threshold_momentum: EMA momentum of the 'freematch' thresholds (FreeMatch's 0.999 is for ~1M steps).
-        health_every: Every this many steps the teacher also predicts the flipped weak view, for the mask-free
-            pseudo-label health monitor's flip agreement (0: never; the class shares are counted every step).
-        pseudo_label_scales: Input scales whose teacher softmax is fused into the pseudo-labels (MaskMatch's
-            multi-scale ensembling; see pseudo_label_fusion).
-        pseudo_label_flip: Also average the teacher's prediction of the horizontally flipped weak view.
-        pseudo_label_fusion: How the scales' probabilities combine: 'mean' (the paper's softmax averaging) or
-            'geometric' (softmax of the mean log-probability: keeps the confidence where the scales agree, and
-            lets a scale that rules a class out veto it). Flips are averaged within each scale first.
-        pseudo_label_scale_reference: What the pseudo-label scales are relative to: 'view' (the weak view as the data
-            pipeline rescaled it, the reference) or 'image' (the image's stored size: a weak view rescaled by s is
-            predicted at scale / s, so scale 1 sees objects at their stored size; needs 'view_scale' in the
-            unlabeled batches, which maskmatch_pl's data module provides; views are then predicted one at a time).
-        mask_ratio: Share of the patches hidden in the masked view (0.7: 30 % visible).
-        mask_ratio_max: If set above mask_ratio, the ratio is drawn per step from U(mask_ratio, mask_ratio_max).
-        mask_patch_size: Side of the square patches of the masked view, in pixels of the training crop.
-        masked_view: Which view is masked: 'strong' (a copy of the CutMixed strong view) or 'weak'.
-        masked_loss_on: Which pixels of the masked view reach its loss: 'all' (the paper: hidden ones too, predicted
-            from context) or 'visible' (a diagnostic: occlusion without inpainting).
-        cutmix_prob: Probability that an unlabeled image gets a CutMix box from its partner.
-        mask_space: 'pixel' or 'token' (ViT: hidden patches never enter the encoder).
-        strong_views: 1 (FixMatch) or 2 (UniMatch); 2 needs 'strong2' in the unlabeled batches (data.strong_views 2).
-        strong_feature_dropout: 'none' or 'complementary' (UniMatch V2; a ViT).
-        fp_dropout: Dropout2d rate of the feature-perturbation stream.
-        teacher: 'shared' (the student's weights in eval mode, no gradient) or 'ema' (a moving average of them, saved
-            in checkpoints).
-        teacher_pass: 'eval': the shared teacher predicts in eval mode (running BatchNorm statistics, no dropout);
-            'joint': the reference's, the weak view shares the labeled batch's train-mode forward.
-        ema_momentum: Momentum of the EMA teacher, warmed up as min(1 - 1/(t+1), m).
-        student_forward: 'sequential': one forward per view, each with its own BatchNorm statistics; 'batched': all
-            views in one forward with the same result (BatchNorm normalises each view with its own statistics; the
-            other layers run on the whole batch, faster for small models on CPU, see benchmarks/RESULTS.md);
-            'concat': all views in one forward with shared BatchNorm statistics (needs norm_stats 'all', or
-            'unmasked' with masked_weight 0, where the two are the same).
-        norm_stats: Which student forwards update the BatchNorm running statistics: 'labeled' (the labeled batch only;
-            not with teacher_pass 'joint', whose shared forward updates them from the weak view),
-            'all' (the reference) or 'unmasked' (all but the masked view: the reference's statistics, which the
-            masked view's 70 % mean-colour patches would otherwise pull towards inputs no eval-mode pass sees).
-        masked_norm: How BatchNorm normalises the masked view: 'batch' (as the other student views, per
-            student_forward) or 'running' (the running statistics, as the eval-mode teacher normalises the full
-            view; the masked view then runs in a forward of its own whatever student_forward says).
-        sup_loss: Labeled loss: 'ce' (cross-entropy, 255 ignored) or 'ohem' (Cityscapes).
-        ohem_thresh: OHEM: keep pixels whose true-class probability is at most this.
-        ohem_min_kept: OHEM: keep at least this many pixels per batch.
-        optimizer: 'sgd' (the reference) or 'adamw'.
-        lr: Learning rate of the encoder.
-        lr_multi: The decoder and head train at lr x lr_multi.
-        weight_decay: Weight decay (decoupled for AdamW).
-        momentum: SGD momentum.
-        poly_power: Power of the poly LR decay, stepped per iteration.
-        warmup_steps: Linear LR warm-up over this many optimiser steps before the poly decay (0: none, the reference).
-        eval_mode: Evaluation protocol: 'original' (whole image), 'center_crop' or 'sliding_window'.
-        eval_crop_size: Crop or window size of the evaluation protocol (default: the training crop, data.crop_size, in
-            the CLI; 320 in Python).
-        eval_scales: Test-time scales whose softmax is averaged.
-        eval_flip: Test-time horizontal flip.
-        class_names: Names for the per-class IoU logs (the CLI links them from the data module).
-        boundary_width: Half-width in pixels of the band around the ground truth's class edges scored by
-            ``val/boundary_mIoU``, and the margin around small objects (:mod:`maskmatch_pl.locality`).
-        small_object_share: A ground-truth connected component is a small object, scored by
-            ``val/small_object_mIoU``, below this share of its image's pixels.
+        network: The smp network to build (arch, encoder, weights, padding, memory format).
+        model: Any nn.Module mapping B x 3 x H x W images to B x C x H x W logits, used instead of ``network``'s
+            smp model (in a config: ``{class_path: ..., init_args: ...}``).
+        pseudo_labels: The teacher and its pseudo-labels (threshold, class-wise rule, scales, EMA).
+        masking: MaskMatch's masked view; None (``null``) for FixMatch / UniMatch without it.
+        weights: Weights of the labeled, strong-view and feature-perturbation losses.
+        views: The student's views (UniMatch's two strong views, CutMix, BatchNorm policy).
+        sup_loss: The labeled loss (cross-entropy, or OHEM for Cityscapes).
+        optimization: The optimiser and its per-step LR schedule.
+        evaluation: The evaluation protocol and the locality scores.
+        class_names: Names for the per-class logs (the CLI links them from the data module).
+        experimental: Research knobs kept to reproduce measured results (:mod:`maskmatch_pl.experimental`).
+
+    Raises:
+        ValueError: a knob out of range or two knobs that do not go together, named.
+
+    Each group may be given as its dataclass or as a dict of its fields; flat knobs of checkpoints
+    written before the groups are converted on load (:mod:`maskmatch_pl.compat`).
     """
 
     def __init__(
         self,
         num_classes: int,
-        arch: str = "DeepLabV3Plus",
-        encoder_name: str = "resnet50",
-        encoder_weights: str | None = None,
-        model_kwargs: dict[str, Any] | None = None,
+        network: Network = Network(),
         model: nn.Module | None = None,
-        pad_multiple: int | None = None,
-        channels_last: bool = False,
-        sup_weight: float = 0.5,
-        strong_weight: float = 0.5,
-        masked_weight: float = 0.5,
-        fp_weight: float = 0.0,
-        unsup_rampup_steps: int = 0,
-        masked_rampup_steps: int = 0,
-        conf_threshold: float = 0.95,
-        pseudo_label_threshold: ThresholdKind = "fixed",
-        threshold_momentum: float = 0.99,
-        health_every: int = 10,
-        pseudo_label_scales: Sequence[float] = (0.75, 1.0, 1.25),
-        pseudo_label_flip: bool = False,
-        pseudo_label_fusion: Fusion = "mean",
-        pseudo_label_scale_reference: ScaleReference = "view",
-        mask_ratio: float = 0.7,
-        mask_ratio_max: float | None = None,
-        mask_patch_size: int = 32,
-        masked_view: Literal["strong", "weak"] = "strong",
-        masked_loss_on: Literal["all", "visible"] = "all",
-        mask_space: Literal["pixel", "token"] = "pixel",
-        cutmix_prob: float = 0.5,
-        strong_views: Literal[1, 2] = 1,
-        strong_feature_dropout: Literal["none", "complementary"] = "none",
-        fp_dropout: float = 0.5,
-        teacher: Literal["shared", "ema"] = "shared",
-        teacher_pass: Literal["eval", "joint"] = "eval",
-        ema_momentum: float = 0.996,
-        student_forward: Literal["sequential", "batched", "concat"] = "sequential",
-        norm_stats: NormStats = "labeled",
-        masked_norm: Literal["batch", "running"] = "batch",
-        sup_loss: Literal["ce", "ohem"] = "ce",
-        ohem_thresh: float = 0.7,
-        ohem_min_kept: int = 200_000,
-        optimizer: Literal["sgd", "adamw"] = "sgd",
-        lr: float = 1e-3,
-        lr_multi: float = 10.0,
-        weight_decay: float = 1e-4,
-        momentum: float = 0.9,
-        poly_power: float = 0.9,
-        warmup_steps: int = 0,
-        eval_mode: EvalMode = "original",
-        eval_crop_size: int | None = None,
-        eval_scales: Sequence[float] = (1.0,),
-        eval_flip: bool = False,
+        pseudo_labels: PseudoLabeling = PseudoLabeling(),
+        masking: Masking | None = Masking(),
+        weights: Weights = Weights(),
+        views: Views = Views(),
+        sup_loss: SupervisedLoss = SupervisedLoss(),
+        optimization: Optimization = Optimization(),
+        evaluation: Evaluation = Evaluation(),
         class_names: list[str] | None = None,
-        boundary_width: int = 3,
-        small_object_share: float = 0.01,
+        experimental: Experimental = Experimental(),
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model"])
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        network, pseudo_labels, weights, views = (
+            _group(Network, network),
+            _group(PseudoLabeling, pseudo_labels),
+            _group(Weights, weights),
+            _group(Views, views),
+        )
+        masking = None if masking is None else _group(Masking, masking)
+        sup_loss, optimization = _group(SupervisedLoss, sup_loss), _group(Optimization, optimization)
+        evaluation, experimental = _group(Evaluation, evaluation), _group(Experimental, experimental)
+        groups = dict(
+            network=network,
+            pseudo_labels=pseudo_labels,
+            masking=masking,
+            weights=weights,
+            views=views,
+            sup_loss=sup_loss,
+            optimization=optimization,
+            evaluation=evaluation,
+            experimental=experimental,
+        )
+        self.save_hyperparameters(
+            {"num_classes": num_classes, "class_names": class_names}
+            | {name: None if group is None else _plain(asdict(group)) for name, group in groups.items()}
+        )
+        self.optimization = optimization
         if num_classes < 2:
             raise ValueError(
                 f"num_classes is {num_classes}, but segmentation needs two classes at least: binary data has two, "
@@ -203,48 +133,66 @@ class MaskMatchModule(L.LightningModule):
             )
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
-        if health_every < 0:
-            raise ValueError(f"health_every must be >= 0, got {health_every}")
         net = (
             model
             if model is not None
-            else build_smp_model(arch, encoder_name, encoder_weights, num_classes, **(model_kwargs or {}))
+            else build_smp_model(
+                network.arch, network.encoder_name, network.encoder_weights, num_classes, **network.model_kwargs
+            )
         )
-        network = SegmentationNetwork(net, pad_multiple, channels_last)
+        student = SegmentationNetwork(net, network.pad_multiple, network.channels_last)
         self.method = MaskMatchStep(
-            network,
+            student,
             Teacher(
-                network,
-                teacher,
-                ema_momentum,
-                pseudo_label_scales,
-                pseudo_label_flip,
-                pseudo_label_fusion,
-                pseudo_label_scale_reference,
+                student,
+                pseudo_labels.teacher,
+                pseudo_labels.ema_momentum,
+                pseudo_labels.scales,
+                pseudo_labels.flip,
+                experimental.pseudo_label_fusion,
+                experimental.pseudo_label_scale_reference,
             ),
-            PseudoLabelThreshold(pseudo_label_threshold, conf_threshold, num_classes, threshold_momentum),
-            LossWeights(sup_weight, strong_weight, masked_weight, fp_weight, unsup_rampup_steps, masked_rampup_steps),
-            PatchMasking(mask_patch_size, mask_ratio, mask_ratio_max, masked_view, masked_loss_on, mask_space),
-            SupervisedLoss(sup_loss, ohem_thresh, ohem_min_kept),
-            cutmix_prob=cutmix_prob,
-            strong_views=strong_views,
-            fp_dropout=fp_dropout,
-            teacher_pass=teacher_pass,
-            student_forward=student_forward,
-            norm_stats=norm_stats,
-            masked_norm=masked_norm,
-            strong_feature_dropout=strong_feature_dropout,
+            PseudoLabelThreshold(
+                pseudo_labels.threshold_rule, pseudo_labels.threshold, num_classes, pseudo_labels.threshold_momentum
+            ),
+            LossWeights(
+                weights.sup,
+                weights.strong,
+                0.0 if masking is None else masking.weight,
+                weights.fp,
+                weights.unsup_rampup_steps,
+                experimental.masked_rampup_steps,
+            ),
+            PatchMasking(
+                *((masking.patch_size, masking.ratio) if masking is not None else (32, 0.7)),
+                experimental.mask_ratio_max,
+                experimental.masked_view,
+                experimental.masked_loss_on,
+                "pixel" if masking is None else masking.space,
+            ),
+            sup_loss,
+            cutmix_prob=views.cutmix_prob,
+            strong_views=views.strong_views,
+            fp_dropout=views.fp_dropout,
+            teacher_pass=pseudo_labels.teacher_pass,
+            student_forward=views.student_forward,
+            norm_stats=views.norm_stats,
+            masked_norm=experimental.masked_norm,
+            strong_feature_dropout=views.strong_feature_dropout,
         )
-        self.eval_protocol = EvalProtocol(eval_mode, eval_crop_size or 320, tuple(eval_scales), eval_flip)
+        self.eval_protocol = EvalProtocol(
+            evaluation.mode, evaluation.crop_size or 320, evaluation.scales, evaluation.flip
+        )
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         # the confusion matrix summed over the set (synced under DDP); IoU and mIoU are computed from it
         self.val_iou = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
         self.test_iou = self.val_iou.clone()
-        self.val_locality = LocalityScores(num_classes, boundary_width, small_object_share)
+        self.val_locality = LocalityScores(num_classes, evaluation.boundary_width, evaluation.small_object_share)
         self.test_locality = self.val_locality.clone()
-        other_scales = [f"pseudo_scale_{s:g}" for s in pseudo_label_scales if len(pseudo_label_scales) > 1 and s != 1.0]
+        scales = pseudo_labels.scales
+        other_scales = [f"pseudo_scale_{s:g}" for s in scales if len(scales) > 1 and s != 1.0]
         self.pseudo_monitor = PseudoLabelMonitor(num_classes, ["pseudo", "pseudo_single_scale", *other_scales])
-        self.health, self.health_every = PseudoLabelHealth(num_classes), health_every
+        self.health, self.health_every = PseudoLabelHealth(num_classes), pseudo_labels.health_every
         self._seed = 0
         self._restored_seed: int | None = None  # the run's seed, from a checkpoint being resumed
 
@@ -399,10 +347,13 @@ class MaskMatchModule(L.LightningModule):
         for key, value in ours.items():
             state.setdefault(key, value)  # a checkpoint from before (or without) adaptive thresholds: start afresh
         theirs = checkpoint.get("hyper_parameters", {})
+        theirs = group_flat_knobs(theirs) if is_flat(theirs) else theirs
+        ours = {"num_classes": self.hparams.num_classes, **self.hparams.network}
+        found = {"num_classes": theirs.get("num_classes"), **(theirs.get("network") or {})}
         different = [
-            f"{key}: checkpoint {theirs[key]!r} vs this model {self.hparams.get(key)!r}"
+            f"{key}: checkpoint {found[key]!r} vs this model {ours[key]!r}"
             for key in ("num_classes", "arch", "encoder_name")
-            if key in theirs and theirs[key] != self.hparams.get(key)
+            if found.get(key) is not None and found[key] != ours[key]
         ]
         if different:
             raise ValueError(
@@ -410,8 +361,19 @@ class MaskMatchModule(L.LightningModule):
                 f"load it with the config and data it was trained with"
             )
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> MaskMatchModule:
+        """Lightning's ``load_from_checkpoint``; a checkpoint written with the flat knobs of earlier
+        versions has them converted into the groups (:func:`maskmatch_pl.compat.group_flat_knobs`)."""
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        hparams = checkpoint.get("hyper_parameters", {})
+        if is_flat(hparams):
+            grouped = group_flat_knobs({k: v for k, v in hparams.items() if not k.startswith("_")})
+            kwargs = {**{k: v for k, v in grouped.items() if k != "model"}, **kwargs}
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+        hp = self.optimization
         optimizer = build_optimizer(self.network, hp.optimizer, hp.lr, hp.lr_multi, hp.weight_decay, hp.momentum)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = poly_schedule(optimizer, total, hp.poly_power, hp.warmup_steps)
