@@ -192,5 +192,7 @@ def test_a_checkpoint_with_the_flat_knobs_of_earlier_versions_loads_into_the_gro
     assert sum(p.numel() for p in network.parameters()) == sum(p.numel() for p in saved.network.parameters())
 
     flat["masked_weight"] = 0.0  # no masked view then: masking None
-    torch.save({"state_dict": saved.state_dict(), "hyper_parameters": flat}, path)
+    torch.save(
+        {"state_dict": saved.state_dict(), "hyper_parameters": flat, "pytorch-lightning_version": L.__version__}, path
+    )
     assert MaskMatchModule.load_from_checkpoint(path).hparams.masking is None

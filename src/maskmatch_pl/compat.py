@@ -76,7 +76,8 @@ def group_flat_knobs(hparams: Mapping[str, Any]) -> dict[str, Any]:
     ``masked_weight: 0`` becomes ``masking: None`` (no masked view). Raises ValueError naming any key
     that is neither a flat knob nor one of ``num_classes``, ``class_names``, ``model``.
     """
-    unknown = [key for key in hparams if key not in FLAT_KNOBS and key not in KEPT]
+    groups = {group for group, _ in FLAT_KNOBS.values()} | {"sup_loss"}
+    unknown = [key for key in hparams if key not in FLAT_KNOBS and key not in KEPT and key not in groups]
     if unknown:
         raise ValueError(f"not a maskmatch-pl knob: {', '.join(sorted(unknown))}")
     grouped: dict[str, Any] = {key: hparams[key] for key in KEPT if key in hparams}
