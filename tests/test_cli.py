@@ -410,3 +410,31 @@ def test_a_checkpoint_with_flat_knobs_validates_through_the_cli(fitted, demo_cac
         main([*args, "--trainer.limit_val_batches=1", f"--ckpt_path={old}"])
     assert "flat knobs of an earlier version, read as groups" in caplog.text
     assert old.read_bytes() == before
+
+
+@pytest.mark.parametrize("config", sorted(str(p) for p in Path("configs").glob("*.yaml")))
+def test_every_config_parses_with_its_shared_group_files(config, capsys):
+    """Configs name shared files for the repeated groups (``network: demo/network.yaml``): the file's
+    knobs land in the nested group, and a knob given after it still wins."""
+    text = yaml.safe_load(Path(config).read_text())
+    shared = {group: path for group, path in text["model"].items() if isinstance(path, str)}
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", config, "--model.optimization.lr=0.123", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]
+    for group, path in shared.items():
+        knobs = yaml.safe_load((Path(config).parent / path).read_text())
+        assert {k: printed[group][k] for k in knobs if (group, k) != ("optimization", "lr")} == {
+            k: v for k, v in knobs.items() if (group, k) != ("optimization", "lr")
+        }
+    assert printed["optimization"]["lr"] == 0.123
+
+
+def test_shared_group_files_are_each_used_by_several_configs():
+    uses: dict[str, int] = {}
+    for config in Path("configs").glob("*.yaml"):
+        for value in yaml.safe_load(config.read_text())["model"].values():
+            if isinstance(value, str):
+                uses[value] = uses.get(value, 0) + 1
+    group_files = {str(p.relative_to("configs")) for p in Path("configs").glob("*/*.yaml")}
+    group_files -= {f for f in group_files if f.endswith(("trainer.yaml", "data.yaml"))}
+    assert group_files == set(uses) and min(uses.values()) >= 2, uses
