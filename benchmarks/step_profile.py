@@ -119,7 +119,7 @@ def profile(module: MaskMatchModule, kwargs: dict, batch: dict, args, repeats: i
         else contextlib.nullcontext()
     )
     timer = Timer(device)
-    weights, threshold = module.weights, module.threshold.tau
+    weights, threshold = module.method.weights, module.method.threshold.tau
     labeled, unlabeled = batch["labeled"], batch["unlabeled"]
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9)
     for iteration in range(repeats + 2):
@@ -133,7 +133,7 @@ def profile(module: MaskMatchModule, kwargs: dict, batch: dict, args, repeats: i
             with timer("CutMix + patch masks"):
                 rng = torch.Generator().manual_seed(iteration)
                 strong, targets = cutmix(unlabeled["strong"], targets, module.method.cutmix_prob, rng)
-                masked = module.masking(strong, rng)
+                masked = module.method.masking(strong, rng)
             with timer("student labeled + strong pass"):
                 logits_l, logits_s = forward_views(
                     module.network, [labeled["image"], strong], update_stats=[True, False]

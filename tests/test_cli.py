@@ -389,10 +389,11 @@ def test_fits_without_a_logger_in_one_folder_keep_every_config_and_checkpoint(de
     assert (tmp_path / "validate" / "config.yaml").is_file()
 
 
-def test_a_checkpoint_with_flat_knobs_validates_through_the_cli(fitted, demo_cache, tmp_path, caplog):
+def test_a_checkpoint_with_flat_knobs_validates_through_the_cli(fitted, demo_cache, tmp_path, caplog, monkeypatch):
     """``--ckpt_path`` of a checkpoint written before the knobs were grouped: its flat
-    hyperparameters are read as groups (in a converted copy; the user's file is not touched)."""
+    hyperparameters are read as groups in memory: no converted copy is written, the user's file is not touched."""
     import logging
+    import tempfile
 
     from maskmatch_pl.compat import FLAT_KNOBS
 
@@ -405,11 +406,15 @@ def test_a_checkpoint_with_flat_knobs_validates_through_the_cli(fitted, demo_cac
     old = tmp_path / "flat.ckpt"
     torch.save(checkpoint, old)
     before = old.read_bytes()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     args = ["validate", "--config", "configs/demo.yaml", *tiny_args(tmp_path, demo_cache)]
     with caplog.at_level(logging.INFO):
         main([*args, "--trainer.limit_val_batches=1", f"--ckpt_path={old}"])
     assert "flat knobs of an earlier version, read as groups" in caplog.text
     assert old.read_bytes() == before
+    assert not list(scratch.iterdir())
 
 
 @pytest.mark.parametrize("config", sorted(str(p) for p in Path("configs").glob("*.yaml")))

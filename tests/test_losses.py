@@ -107,7 +107,7 @@ def test_loss_weights_ramp_up_and_sum_what_is_present():
     losses = {"sup": torch.tensor(2.0), "masked": torch.tensor(3.0)}
     assert weights.total(losses, 200).item() == pytest.approx(0.5 * 2 + 0.6 * 3)
     assert not LossWeights(strong=0, masked=0).uses_unlabeled
-    with pytest.raises(ValueError, match="loss weights must be >= 0"):
+    with pytest.raises(ValueError, match="weights.strong must be >= 0, got -1"):
         LossWeights(strong=-1)
     with pytest.raises(ValueError, match="masked_rampup_steps must be >= 0, got -2"):
         LossWeights(masked_rampup_steps=-2)

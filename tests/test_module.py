@@ -53,7 +53,7 @@ def test_each_part_can_be_switched_off_and_logs_only_what_applies(tiny_module_kw
     module = flat_module(**{**tiny_module_kwargs, **overrides})
     loss, logged = run_step(module, make_batch(strong_views=overrides.get("strong_views", 1)))
     assert {name.removeprefix("train/loss_") for name in logged if name.startswith("train/loss_")} == expected
-    w = module.weights
+    w = module.method.weights
     weights = {"sup": w.sup, "strong": w.strong, "masked": w.masked, "fp": w.fp}
     assert loss.item() == pytest.approx(sum(weights[n] * logged[f"train/loss_{n}"] for n in expected), rel=1e-5)
     assert ("train/confident_fraction" in logged) == (expected != {"sup"})
@@ -145,9 +145,9 @@ def test_norm_stats_labeled_keeps_running_statistics_of_the_labeled_batch_only(t
     assert any(not torch.allclose(mixed[name].float(), expected[name].float()) for name in norms)
     momenta = {m.momentum for m in module.network.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert 0.0 not in momenta  # restored after the step
-    with pytest.raises(ValueError, match=r"norm_stats='labeled' needs student_forward 'sequential'"):
+    with pytest.raises(ValueError, match=r"views.norm_stats='labeled' needs views.student_forward 'sequential'"):
         flat_module(**tiny_module_kwargs, student_forward="concat")
-    with pytest.raises(ValueError, match=r"norm_stats='unmasked' needs student_forward 'sequential'"):
+    with pytest.raises(ValueError, match=r"views.norm_stats='unmasked' needs views.student_forward 'sequential'"):
         flat_module(**tiny_module_kwargs, student_forward="concat", norm_stats="unmasked")
     # without a masked view 'unmasked' is 'all': concat is the same step as with 'all'
     fixmatch = {**tiny_module_kwargs, "masked_weight": 0.0, "student_forward": "concat"}
@@ -436,10 +436,10 @@ def test_joint_teacher_pass_takes_pseudo_labels_from_the_labeled_batch_forward(t
     for name, buffer in module.network.named_buffers():  # running statistics: labeled + weak, then strong
         if name.endswith("running_mean"):
             torch.testing.assert_close(buffer, reference.get_buffer(name))
-    with pytest.raises(ValueError, match="teacher_pass='joint' needs teacher='shared'"):
+    with pytest.raises(ValueError, match="pseudo_labels.teacher_pass='joint' needs pseudo_labels.teacher='shared'"):
         flat_module(**kwargs, teacher_pass="joint", teacher="ema", norm_stats="all")
     # the joint pass updates the running statistics from the weak view: not a labeled-only policy
-    with pytest.raises(ValueError, match="it needs norm_stats 'all' or 'unmasked', got 'labeled'"):
+    with pytest.raises(ValueError, match="it needs views.norm_stats 'all' or 'unmasked', got 'labeled'"):
         flat_module(**kwargs, teacher_pass="joint", norm_stats="labeled")
 
 

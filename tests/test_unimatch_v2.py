@@ -133,7 +133,7 @@ def test_unimatch_v2_total_loss_matches_the_reference(monkeypatch, tau):
 def test_complementary_dropout_is_refused_where_it_cannot_apply(tiny_module_kwargs):
     with pytest.raises(ValueError, match="needs strong_views 2"):
         flat_module(model=tiny_vit(11), num_classes=11, **{**V2, "strong_views": 1})
-    with pytest.raises(TypeError, match="forward_channel_masked.*Set strong_feature_dropout: none"):
+    with pytest.raises(TypeError, match="forward_channel_masked.*Set views.strong_feature_dropout: none"):
         flat_module(**{**tiny_module_kwargs, **V2})  # an smp CNN
     with pytest.raises(ValueError, match="strong_feature_dropout must be"):
         flat_module(model=tiny_vit(11), num_classes=11, **{**V2, "strong_feature_dropout": "channel"})
@@ -186,9 +186,9 @@ def test_the_token_masked_view_never_reads_hidden_patches_and_costs_the_visible_
 def test_token_masking_is_refused_where_it_cannot_apply(tiny_module_kwargs):
     with pytest.raises(ValueError, match="multiple of the ViT's patch size 14, got 20"):
         flat_module(model=tiny_vit(11), num_classes=11, mask_space="token", mask_patch_size=20)
-    with pytest.raises(TypeError, match="forward_token_masked.*Set mask_space: pixel"):
+    with pytest.raises(TypeError, match="forward_token_masked.*Set masking.space: pixel"):
         flat_module(**{**tiny_module_kwargs, "mask_space": "token"})
-    with pytest.raises(ValueError, match="mask_space must be"):
+    with pytest.raises(ValueError, match="masking.space must be"):
         flat_module(model=tiny_vit(11), num_classes=11, mask_space="tokens")
 
 

@@ -6,7 +6,6 @@ import copy
 import importlib
 import os
 import sys
-import tempfile
 from argparse import SUPPRESS, _SubParsersAction
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -21,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from .compat import group_flat_knobs, is_flat
+from .config import plain
 from .data.datamodule import SemiSupervisedDataModule
 from .export import export_main
 from .module import MaskMatchModule
@@ -32,13 +32,6 @@ NETWORK_KNOBS = ("arch", "encoder_name", "model_kwargs")  # model.network's: mus
 EVAL_COMMANDS = ("validate", "test", "predict")  # they log under <logger name>/<command>/, not among the fits
 FOLDER_LOGGERS = (TensorBoardLogger, CSVLogger)  # the loggers that make a version_N folder per run
 OPTIMIZER_OPTIONS = ("--optimizer", "--lr_scheduler")  # LightningCLI's, off here: the model has its own
-
-
-def _plain(value: Any) -> Any:
-    """Config values as plain Python (jsonargparse namespaces and tuples compare as dicts and lists)."""
-    if hasattr(value, "as_dict"):
-        return value.as_dict()
-    return list(value) if isinstance(value, tuple) else value
 
 
 class OneLineHelp(DefaultHelpFormatter):
@@ -159,11 +152,11 @@ class MaskMatchCLI(LightningCLI):
         if not subcommand or not self.config[subcommand].get("ckpt_path"):
             return super()._parse_ckpt_path()
         model = self.config[subcommand].model
-        ours = {"evaluation": copy.deepcopy(model.get("evaluation")), "network": _plain(model.get("network"))}
-        self._group_flat_checkpoint(self.config[subcommand].ckpt_path)
-        super()._parse_ckpt_path()
+        ours = {"evaluation": copy.deepcopy(model.get("evaluation")), "network": plain(model.get("network"))}
+        if not self._parse_flat_checkpoint(self.config[subcommand].ckpt_path):
+            super()._parse_ckpt_path()
         model = self.config[subcommand].model
-        theirs = _plain(model.get("network")) or {}
+        theirs = plain(model.get("network")) or {}
         different = [key for key in NETWORK_KNOBS if theirs.get(key) != (ours["network"] or {}).get(key)]
         if different:
             found = ", ".join(
@@ -177,25 +170,24 @@ class MaskMatchCLI(LightningCLI):
         model.evaluation = ours["evaluation"]
         rank_zero_info(
             "from the checkpoint: the training knobs; from the command line and config: "
-            + ", ".join(f"evaluation.{key}={_plain(ours['evaluation'].get(key))}" for key in EVAL_KNOBS)
+            + ", ".join(f"evaluation.{key}={plain(ours['evaluation'].get(key))}" for key in EVAL_KNOBS)
         )
 
-    def _group_flat_checkpoint(self, ckpt_path: str) -> None:
+    def _parse_flat_checkpoint(self, ckpt_path: str) -> bool:
         """Lightning parses the checkpoint's hyperparameters as the model's arguments: those of a
-        checkpoint written with the flat knobs of earlier versions are converted first, in a copy."""
+        checkpoint written with the flat knobs of earlier versions are read as groups here, in memory
+        (the file is left as it is; ``on_load_checkpoint`` reads its weights). False: not flat."""
         path = Path(ckpt_path)
         if not path.is_file():
-            return
-        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
-        hparams = checkpoint.get("hyper_parameters", {})
+            return False
+        hparams = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
         if not is_flat(hparams):
-            return
+            return False
         grouped = group_flat_knobs({k: v for k, v in hparams.items() if not k.startswith("_")})
-        checkpoint["hyper_parameters"] = {k: v for k, v in grouped.items() if k != "model"}
-        converted = Path(tempfile.mkdtemp(prefix="maskmatch_pl_ckpt_")) / path.name
-        torch.save(checkpoint, converted)
+        grouped = {k: v for k, v in grouped.items() if k != "model"}
         rank_zero_info(f"--ckpt_path {path}: flat knobs of an earlier version, read as groups (maskmatch_pl.compat)")
-        self.config[self.config.subcommand].ckpt_path = str(converted)
+        self.config = self.parser.parse_object({self.config.subcommand: {"model": grouped}}, self.config)
+        return True
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

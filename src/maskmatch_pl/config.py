@@ -1,8 +1,8 @@
 """The grouped knobs of :class:`~maskmatch_pl.MaskMatchModule`, one frozen dataclass per part.
 
 Each group is what a config's ``model:`` section nests (``model.masking.ratio``), checked when it is
-built; the module turns them into the method's components (``Teacher``, ``PseudoLabelThreshold``,
-``PatchMasking``, ``LossWeights``, ...), whose own checks run then too. Options kept only to
+built by the checks of the method's components it becomes (``PseudoLabelThreshold``, ``PatchMasking``,
+``LossWeights``, ...), so each rule lives in one place and its error names the grouped knob. Options kept only to
 reproduce measured results live in :mod:`maskmatch_pl.experimental`.
 """
 
@@ -12,9 +12,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .cutmix import check_cutmix_prob
 from .evaluation import EvalMode
+from .locality import check_locality_options
+from .losses import LossWeights
+from .masking import PatchMasking
 from .network import NormStats
-from .thresholds import ThresholdKind
+from .thresholds import ThresholdKind, check_threshold_options
+
+
+def plain(value: Any) -> Any:
+    """Knob values as plain Python: jsonargparse namespaces as dicts, tuples as lists (recursively), so that
+    saved hyperparameters read back as written and values from a config and a checkpoint compare equal."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _at_least(value: float, low: float, name: str) -> None:
@@ -79,7 +93,7 @@ class PseudoLabeling:
     health_every: int = 10
 
     def __post_init__(self) -> None:
-        _in_unit(self.threshold, "pseudo_labels.threshold")
+        check_threshold_options(self.threshold_rule, self.threshold, self.threshold_momentum)
         _at_least(self.health_every, 0, "pseudo_labels.health_every")
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
 
@@ -101,10 +115,8 @@ class Masking:
     space: Literal["pixel", "token"] = "pixel"
 
     def __post_init__(self) -> None:
-        _at_least(self.weight, 0, "masking.weight")
-        _in_unit(self.ratio, "masking.ratio")
-        if not isinstance(self.patch_size, int) or self.patch_size < 1:
-            raise ValueError(f"masking.patch_size must be a whole number of pixels >= 1, got {self.patch_size}")
+        LossWeights(masked=self.weight)  # the components' own checks, which name these knobs
+        PatchMasking(patch_size=self.patch_size, ratio=self.ratio, space=self.space)
 
 
 @dataclass(frozen=True)
@@ -124,8 +136,7 @@ class Weights:
     unsup_rampup_steps: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("sup", "strong", "fp", "unsup_rampup_steps"):
-            _at_least(getattr(self, name), 0, f"weights.{name}")
+        LossWeights(self.sup, self.strong, fp=self.fp, unsup_rampup_steps=self.unsup_rampup_steps)
 
 
 @dataclass(frozen=True)
@@ -149,7 +160,7 @@ class Views:
     norm_stats: NormStats = "labeled"
 
     def __post_init__(self) -> None:
-        _in_unit(self.cutmix_prob, "views.cutmix_prob")
+        check_cutmix_prob(self.cutmix_prob)
         _in_unit(self.fp_dropout, "views.fp_dropout")
 
 
@@ -203,5 +214,4 @@ class Evaluation:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
-        _at_least(self.boundary_width, 0, "evaluation.boundary_width")
-        _in_unit(self.small_object_share, "evaluation.small_object_share")
+        check_locality_options(self.boundary_width, self.small_object_share)

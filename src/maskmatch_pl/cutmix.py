@@ -12,6 +12,12 @@ from .targets import PseudoLabels
 Pasteable = TypeVar("Pasteable", torch.Tensor, PseudoLabels)
 
 
+def check_cutmix_prob(p: float) -> None:
+    """Raise ``ValueError`` naming the knob (``views.cutmix_prob``) unless ``0 <= p <= 1``."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"views.cutmix_prob must be in [0, 1], got {p}")
+
+
 def cutmix_boxes(
     batch_size: int,
     height: int,

@@ -73,6 +73,14 @@ def small_object_counts(
     return intersection, union
 
 
+def check_locality_options(boundary_width: int, small_object_share: float) -> None:
+    """Raise ``ValueError`` naming the knob (``evaluation.*``) when a locality option is out of range."""
+    if boundary_width < 1:
+        raise ValueError(f"evaluation.boundary_width must be >= 1 pixel, got {boundary_width}")
+    if not 0 < small_object_share <= 1:
+        raise ValueError(f"evaluation.small_object_share must be in (0, 1], got {small_object_share}")
+
+
 class LocalityScores(Metric):
     """Boundary IoU and small-object IoU of a set (module docstring), synced under DDP.
 
@@ -92,10 +100,7 @@ class LocalityScores(Metric):
         self, num_classes: int, boundary_width: int = 3, small_object_share: float = 0.01, **kwargs: object
     ) -> None:
         super().__init__(**kwargs)
-        if boundary_width < 1:
-            raise ValueError(f"boundary_width must be >= 1 pixel, got {boundary_width}")
-        if not 0 < small_object_share <= 1:
-            raise ValueError(f"small_object_share must be in (0, 1], got {small_object_share}")
+        check_locality_options(boundary_width, small_object_share)
         self.num_classes, self.boundary_width, self.small_object_share = num_classes, boundary_width, small_object_share
         self.add_state("boundary_confusion", torch.zeros(num_classes, num_classes, dtype=torch.long), "sum")
         self.add_state("small_intersection", torch.zeros(num_classes, dtype=torch.long), "sum")

@@ -79,6 +79,17 @@ def rampup_factor(step: int, rampup_steps: int) -> float:
     return min(1.0, step / rampup_steps)
 
 
+# each LossWeights field and the knob that sets it (config.Weights, config.Masking, experimental.Experimental)
+_WEIGHT_KNOBS = {
+    "sup": "weights.sup",
+    "strong": "weights.strong",
+    "masked": "masking.weight",
+    "fp": "weights.fp",
+    "unsup_rampup_steps": "weights.unsup_rampup_steps",
+    "masked_rampup_steps": "experimental.masked_rampup_steps",
+}
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """Weights of the loss terms (0 switches a term off) and their ramp-ups, in optimiser steps.
@@ -95,11 +106,9 @@ class LossWeights:
     masked_rampup_steps: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.sup, self.strong, self.masked, self.fp) < 0:
-            raise ValueError(f"loss weights must be >= 0, got {self}")
-        for name in ("unsup_rampup_steps", "masked_rampup_steps"):
+        for name, knob in _WEIGHT_KNOBS.items():
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"{knob} must be >= 0, got {getattr(self, name)}")
 
     @property
     def uses_unlabeled(self) -> bool:

@@ -91,17 +91,19 @@ class PatchMasking:
 
     def __post_init__(self) -> None:
         if not isinstance(self.patch_size, int) or self.patch_size < 1:
-            raise ValueError(f"mask_patch_size must be a whole number of pixels >= 1, got {self.patch_size}")
+            raise ValueError(f"masking.patch_size must be a whole number of pixels >= 1, got {self.patch_size}")
         if not 0.0 <= self.ratio <= 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1] (the share of patches hidden), got {self.ratio}")
+            raise ValueError(f"masking.ratio must be in [0, 1] (the share of patches hidden), got {self.ratio}")
         if self.ratio_max is not None and not self.ratio <= self.ratio_max <= 1.0:
-            raise ValueError(f"mask_ratio_max must be in [mask_ratio, 1] = [{self.ratio}, 1], got {self.ratio_max}")
+            raise ValueError(
+                f"experimental.mask_ratio_max must be in [masking.ratio, 1] = [{self.ratio}, 1], got {self.ratio_max}"
+            )
         if self.view not in ("strong", "weak"):
-            raise ValueError(f"masked_view must be 'strong' or 'weak', got {self.view!r}")
+            raise ValueError(f"experimental.masked_view must be 'strong' or 'weak', got {self.view!r}")
         if self.loss_on not in ("all", "visible"):
-            raise ValueError(f"masked_loss_on must be 'all' or 'visible', got {self.loss_on!r}")
+            raise ValueError(f"experimental.masked_loss_on must be 'all' or 'visible', got {self.loss_on!r}")
         if self.space not in ("pixel", "token"):
-            raise ValueError(f"mask_space must be 'pixel' or 'token', got {self.space!r}")
+            raise ValueError(f"masking.space must be 'pixel' or 'token', got {self.space!r}")
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """:func:`masked_view` of ``images`` with these settings."""

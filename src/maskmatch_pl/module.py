@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from .batch import check_batch
 from .compat import group_flat_knobs, is_flat
-from .config import Evaluation, Masking, Network, Optimization, PseudoLabeling, Views, Weights
+from .config import Evaluation, Masking, Network, Optimization, PseudoLabeling, Views, Weights, plain
 from .evaluation import EvalProtocol, iou_from_confusion, mean_iou, size_groups
 from .experimental import Experimental
 from .health import PseudoLabelHealth
@@ -45,13 +45,6 @@ def _group(cls: type[Group], value: Group | Mapping[str, Any]) -> Group:
     if isinstance(value, Mapping):
         return cls(**value)
     raise TypeError(f"expected a {cls.__name__} or a dict of its fields, got {value!r}")
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, so that the saved hyperparameters read back as they were written."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    return list(value) if isinstance(value, tuple) else value
 
 
 class MaskMatchModule(L.LightningModule):
@@ -123,7 +116,7 @@ class MaskMatchModule(L.LightningModule):
         )
         self.save_hyperparameters(
             {"num_classes": num_classes, "class_names": class_names}
-            | {name: None if group is None else _plain(asdict(group)) for name, group in groups.items()}
+            | {name: None if group is None else plain(asdict(group)) for name, group in groups.items()}
         )
         self.optimization = optimization
         if num_classes < 2:
@@ -206,21 +199,6 @@ class MaskMatchModule(L.LightningModule):
         """The teacher (``method.teacher``)."""
         return self.method.teacher
 
-    @property
-    def threshold(self) -> PseudoLabelThreshold:
-        """The confidence threshold (``method.threshold``)."""
-        return self.method.threshold
-
-    @property
-    def weights(self) -> LossWeights:
-        """The loss weights (``method.weights``)."""
-        return self.method.weights
-
-    @property
-    def masking(self) -> PatchMasking:
-        """The masked view's settings (``method.masking``)."""
-        return self.method.masking
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Student logits ``B x C x H x W`` for normalised ``B x 3 x H x W`` images."""
         return self.network(images)
@@ -272,7 +250,7 @@ class MaskMatchModule(L.LightningModule):
         check_batch(
             labeled, "labeled", label_maps=("mask",), num_classes=self.hparams.num_classes, check_values=batch_idx == 0
         )
-        if not self.weights.uses_unlabeled:
+        if not self.method.weights.uses_unlabeled:
             return labeled, None
         unlabeled = batch.get("unlabeled")
         check_batch(unlabeled, "unlabeled", images=("image", *self.method.strong_keys))
@@ -304,8 +282,8 @@ class MaskMatchModule(L.LightningModule):
             self.log("train/confident_fraction", fraction, batch_size=len(out.strong_pseudo_labels.confidence))
         for name, value in out.losses.items():
             self.log(f"train/loss_{name}", value, batch_size=batch_size)
-        if self.weights.unsup_rampup_steps and len(out.losses) > 1:
-            ramp = rampup_factor(self.global_step, self.weights.unsup_rampup_steps)
+        if self.method.weights.unsup_rampup_steps and len(out.losses) > 1:
+            ramp = rampup_factor(self.global_step, self.method.weights.unsup_rampup_steps)
             self.log("train/unsup_ramp", ramp, batch_size=batch_size)
         self.log("train/loss", out.total, prog_bar=True, batch_size=batch_size)
         return out.total
@@ -317,7 +295,7 @@ class MaskMatchModule(L.LightningModule):
         self.teacher.last_step = self.global_step  # a checkpoint's EMA weights already follow its step
         loaders = self.trainer.train_dataloader
         loaders = getattr(loaders, "iterables", loaders)  # a CombinedLoader's dict of loaders
-        if self.weights.uses_unlabeled and isinstance(loaders, dict) and "unlabeled" not in loaders:
+        if self.method.weights.uses_unlabeled and isinstance(loaders, dict) and "unlabeled" not in loaders:
             raise ValueError(
                 "this model trains on unlabeled images (strong/masked/fp weights > 0) but the training data has "
                 "no unlabeled loader: set data.unlabeled (a folder of images or a split file) or data.split, "
@@ -341,7 +319,7 @@ class MaskMatchModule(L.LightningModule):
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith(PARTS_BEFORE_STEP)]:
             state[f"method.{key}"] = state.pop(key)  # saved before the step had a module of its own
-        ours = {f"method.threshold.{name}": value for name, value in self.threshold.state_dict().items()}
+        ours = {f"method.threshold.{name}": value for name, value in self.method.threshold.state_dict().items()}
         for key in [k for k in state if k.startswith("method.threshold.") and k not in ours]:
             del state[key]  # adaptive-threshold state, loaded into a model that does not adapt
         for key, value in ours.items():
@@ -430,10 +408,10 @@ class MaskMatchModule(L.LightningModule):
         a float: tau) and the ``masked`` view (``B x 3 x H x W``, patches drawn from ``seed``)."""
         stored_size = torch.ones(len(images), device=images.device)
         targets = self.teacher.pseudo_labels(images, view_scale=stored_size)
-        tau = self.threshold.tau
+        tau = self.method.threshold.tau
         return {
             "pseudo_label": targets.pseudo_label.masked_fill(targets.confidence < tau, IGNORE_INDEX),
-            "masked": self.masking(images, torch.Generator().manual_seed(seed)),
+            "masked": self.method.masking(images, torch.Generator().manual_seed(seed)),
             "threshold": tau,
         }
 
@@ -468,7 +446,7 @@ class MaskMatchModule(L.LightningModule):
         logged = {f"health/{key}": value for key, value in values.items() if value.dim() == 0}
         for key in ("labeled_share", "confident_share", "confident_fraction"):
             logged.update({f"health/{key}_{name}": value for name, value in zip(self.class_names, values[key])})
-        thresholds = self.threshold.thresholds()
+        thresholds = self.method.threshold.thresholds()
         if isinstance(thresholds, torch.Tensor):
             logged.update({f"health/threshold_{name}": value for name, value in zip(self.class_names, thresholds)})
         self.log_dict({key: value.float() for key, value in logged.items() if not value.isnan()})

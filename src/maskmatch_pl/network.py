@@ -127,7 +127,7 @@ def updates_running_stats(policy: NormStats, view: str) -> bool:
     ``weak`` in the joint teacher pass) moves the BatchNorm running statistics under ``policy``: ``all`` every
     view (the reference), ``unmasked`` every view but the masked one, ``labeled`` the labeled batch alone."""
     if policy not in ("all", "labeled", "unmasked"):
-        raise ValueError(f"norm_stats must be 'all', 'labeled' or 'unmasked', got {policy!r}")
+        raise ValueError(f"views.norm_stats must be 'all', 'labeled' or 'unmasked', got {policy!r}")
     return policy == "all" or view == "labeled" or (policy == "unmasked" and view != "masked")
 
 
@@ -240,11 +240,11 @@ class SegmentationNetwork(nn.Module):
         """Raise a ``TypeError`` that says what is missing if the network has no encoder/decoder split."""
         if not self.supports_feature_perturbation:
             raise TypeError(
-                f"feature perturbation (fp_weight > 0) needs a network with `encoder`, `decoder` and "
+                f"feature perturbation (weights.fp > 0) needs a network with `encoder`, `decoder` and "
                 f"`segmentation_head` attributes such that `segmentation_head(decoder(encoder(x)))` gives the "
                 f"logits, as smp models have, or a `forward_perturbed(images, dropout)` method that returns "
                 f"logits decoded from dropped-out features; {type(self.net).__name__} has neither. Set "
-                f"`fp_weight: 0` or pass a network that provides them."
+                f"`weights.fp: 0` or pass a network that provides them."
             )
 
     def forward_perturbed(self, images: torch.Tensor, dropout: float = 0.5) -> torch.Tensor:
@@ -281,8 +281,8 @@ class SegmentationNetwork(nn.Module):
     def check_channel_masks(self) -> None:
         """Raise a ``TypeError`` that says what is missing if the network cannot take channel masks."""
         self._require(
-            "forward_channel_masked", "Complementary Dropout (strong_feature_dropout: complementary)",
-            "strong_feature_dropout: none",
+            "forward_channel_masked", "Complementary Dropout (views.strong_feature_dropout: complementary)",
+            "views.strong_feature_dropout: none",
         )  # fmt: skip
 
     def _require(self, method: str, feature: str, fallback: str) -> None:
@@ -323,4 +323,6 @@ class SegmentationNetwork(nn.Module):
 
     def check_token_masking(self) -> None:
         """Raise a ``TypeError`` that says what is missing if the network cannot drop patch tokens."""
-        self._require("forward_token_masked", "the masked view in token space (mask_space: token)", "mask_space: pixel")
+        self._require(
+            "forward_token_masked", "the masked view in token space (masking.space: token)", "masking.space: pixel"
+        )

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .batch import strong_keys
-from .cutmix import cutmix
+from .cutmix import check_cutmix_prob, cutmix
 from .losses import LossWeights, SupervisedLoss, consistency_loss
 from .masking import PatchMasking
 from .network import (
@@ -143,8 +143,7 @@ class MaskMatchStep(nn.Module):
         self.weights = weights if weights is not None else LossWeights()
         self.masking = masking if masking is not None else PatchMasking()
         self.sup_loss = sup_loss if sup_loss is not None else SupervisedLoss()
-        if not 0.0 <= cutmix_prob <= 1.0:
-            raise ValueError(f"cutmix_prob must be in [0, 1], got {cutmix_prob}")
+        check_cutmix_prob(cutmix_prob)
         self.cutmix_prob, self.fp_dropout, self.strong_keys = cutmix_prob, fp_dropout, strong_keys(strong_views)
         self.teacher_pass, self.student_forward, self.norm_stats = teacher_pass, student_forward, norm_stats
         self.masked_norm, self.strong_feature_dropout = masked_norm, strong_feature_dropout
@@ -154,7 +153,7 @@ class MaskMatchStep(nn.Module):
         """The rules between settings, and the network's capabilities for the parts that are on."""
         if self.student_forward not in ("sequential", "batched", "concat"):
             raise ValueError(
-                f"student_forward must be 'sequential', 'batched' or 'concat', got {self.student_forward!r}"
+                f"views.student_forward must be 'sequential', 'batched' or 'concat', got {self.student_forward!r}"
             )
         updates_running_stats(self.norm_stats, "labeled")  # refuses an unknown policy
         # concat shares one forward, so every student view in it must move the running statistics
@@ -162,38 +161,41 @@ class MaskMatchStep(nn.Module):
         shared = all(updates_running_stats(self.norm_stats, view) for view in concat_views)
         if self.student_forward == "concat" and not shared:
             raise ValueError(
-                f"norm_stats={self.norm_stats!r} needs student_forward 'sequential' or 'batched': concat shares "
-                "BatchNorm statistics between the views; with concat set norm_stats='all'"
+                f"views.norm_stats={self.norm_stats!r} needs views.student_forward 'sequential' or 'batched': "
+                "concat shares BatchNorm statistics between the views; with concat set views.norm_stats='all'"
             )
         if self.teacher_pass not in ("eval", "joint"):
-            raise ValueError(f"teacher_pass must be 'eval' or 'joint', got {self.teacher_pass!r}")
+            raise ValueError(f"pseudo_labels.teacher_pass must be 'eval' or 'joint', got {self.teacher_pass!r}")
         if self.teacher_pass == "joint":
             if not updates_running_stats(self.norm_stats, "weak"):
                 raise ValueError(
-                    "teacher_pass='joint' runs the weak view in the labeled batch's train-mode forward, which updates "
-                    f"the BatchNorm running statistics from it: it needs norm_stats 'all' or 'unmasked', got "
-                    f"{self.norm_stats!r}"
+                    "pseudo_labels.teacher_pass='joint' runs the weak view in the labeled batch's train-mode forward, "
+                    "which updates the BatchNorm running statistics from it: it needs views.norm_stats 'all' or "
+                    f"'unmasked', got {self.norm_stats!r}"
                 )
             if self.teacher.kind != "shared":
-                raise ValueError("teacher_pass='joint' needs teacher='shared': an EMA teacher has weights of its own")
+                raise ValueError(
+                    "pseudo_labels.teacher_pass='joint' needs pseudo_labels.teacher='shared': an EMA teacher has "
+                    "weights of its own"
+                )
             if self.teacher.reference != "view":
                 raise ValueError(
-                    "teacher_pass='joint' predicts the weak view as it comes: it needs "
-                    "pseudo_label_scale_reference='view'"
+                    "pseudo_labels.teacher_pass='joint' predicts the weak view as it comes: it needs "
+                    "experimental.pseudo_label_scale_reference='view'"
                 )
         if self.masked_norm not in ("batch", "running"):
-            raise ValueError(f"masked_norm must be 'batch' or 'running', got {self.masked_norm!r}")
+            raise ValueError(f"experimental.masked_norm must be 'batch' or 'running', got {self.masked_norm!r}")
         if self.weights.fp > 0:
             self.network.check_feature_perturbation()
         if self.strong_feature_dropout not in ("none", "complementary"):
             raise ValueError(
-                f"strong_feature_dropout must be 'none' or 'complementary', got {self.strong_feature_dropout!r}"
+                f"views.strong_feature_dropout must be 'none' or 'complementary', got {self.strong_feature_dropout!r}"
             )
         if self.strong_feature_dropout == "complementary":
             if strong_views != 2:
                 raise ValueError(
-                    f"strong_feature_dropout='complementary' pairs two strong views: it needs strong_views 2 "
-                    f"(and data.strong_views 2), got {strong_views}"
+                    "views.strong_feature_dropout='complementary' pairs two strong views: it needs "
+                    f"views.strong_views 2 (and data.strong_views 2), got {strong_views}"
                 )
             self.network.check_channel_masks()
         if self.masking.space == "token" and self.weights.masked > 0:
@@ -201,8 +203,8 @@ class MaskMatchStep(nn.Module):
             patch, size = self.network.token_patch_size, self.masking.patch_size
             if size % patch:
                 raise ValueError(
-                    f"mask_space='token' hides whole tokens: mask_patch_size must be a multiple of the ViT's patch "
-                    f"size {patch}, got {size} (e.g. {patch * max(1, round(size / patch))})"
+                    "masking.space='token' hides whole tokens: masking.patch_size must be a multiple of the ViT's "
+                    f"patch size {patch}, got {size} (e.g. {patch * max(1, round(size / patch))})"
                 )
 
     def forward(

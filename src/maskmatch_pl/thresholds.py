@@ -27,6 +27,18 @@ def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def check_threshold_options(kind: str, tau: float, momentum: float) -> None:
+    """Raise ``ValueError`` naming the knob (``pseudo_labels.*``) when a threshold option is out of range."""
+    if kind not in ("fixed", "freematch", "freematch_prior"):
+        raise ValueError(
+            f"pseudo_labels.threshold_rule must be 'fixed', 'freematch' or 'freematch_prior', got {kind!r}"
+        )
+    if not 0.0 <= tau <= 1.0:
+        raise ValueError(f"pseudo_labels.threshold must be in [0, 1], got {tau}")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"pseudo_labels.threshold_momentum must be in [0, 1), got {momentum}")
+
+
 class PseudoLabelThreshold(nn.Module):
     """The confidence a pseudo-label pixel needs to reach the unlabeled losses.
 
@@ -57,12 +69,7 @@ class PseudoLabelThreshold(nn.Module):
 
     def __init__(self, kind: ThresholdKind = "fixed", tau: float = 0.95, num_classes: int = 2, momentum: float = 0.99):
         super().__init__()
-        if kind not in ("fixed", "freematch", "freematch_prior"):
-            raise ValueError(f"pseudo_label_threshold must be 'fixed', 'freematch' or 'freematch_prior', got {kind!r}")
-        if not 0.0 <= tau <= 1.0:
-            raise ValueError(f"conf_threshold must be in [0, 1], got {tau}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"threshold_momentum must be in [0, 1), got {momentum}")
+        check_threshold_options(kind, tau, momentum)
         self.kind, self.tau, self.momentum = kind, tau, momentum
         adaptive = kind != "fixed"  # only adaptive state is checkpointed: fixed-tau checkpoints stay as they were
         start = torch.full((num_classes,), 1.0 / num_classes)
