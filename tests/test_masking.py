@@ -60,10 +60,10 @@ def test_masked_view_draws_its_ratio_from_the_range_and_masking_checks_its_setti
     fixed = PatchMasking(patch_size=8, ratio=0.5)(images, torch.Generator().manual_seed(0))
     assert (fixed == 0).all(1).float().mean().item() == pytest.approx(round(0.5 * 25) / 25)
     for kwargs, message in [
-        ({"ratio": 1.5}, r"mask_ratio must be in \[0, 1\]"),
-        ({"ratio": -1}, r"mask_ratio must be in \[0, 1\]"),
-        ({"patch_size": 0}, "mask_patch_size must be a whole number of pixels >= 1"),
-        ({"ratio": 0.7, "ratio_max": 0.5}, r"mask_ratio_max must be in \[mask_ratio, 1\]"),
+        ({"ratio": 1.5}, r"masking.ratio must be in \[0, 1\]"),
+        ({"ratio": -1}, r"masking.ratio must be in \[0, 1\]"),
+        ({"patch_size": 0}, "masking.patch_size must be a whole number of pixels >= 1"),
+        ({"ratio": 0.7, "ratio_max": 0.5}, r"experimental.mask_ratio_max must be in \[masking.ratio, 1\]"),
         ({"view": "labeled"}, "masked_view must be 'strong' or 'weak'"),
     ]:
         with pytest.raises(ValueError, match=message):

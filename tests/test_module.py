@@ -243,7 +243,7 @@ def test_image_relative_pseudo_label_scales_read_the_batchs_view_scale(tiny_modu
     rescaled = step(image, [0.5, 0.75, 1.5, 2.0])  # predicted at 2, 1.33, 0.67 and 0.5
     assert rescaled["train/loss_sup"] == pytest.approx(reference["train/loss_sup"], rel=1e-5)
     assert rescaled["train/loss_strong"] != pytest.approx(reference["train/loss_strong"], rel=1e-3)
-    with pytest.raises(ValueError, match="needs pseudo_label_scale_reference='view'"):
+    with pytest.raises(ValueError, match="needs experimental.pseudo_label_scale_reference='view'"):
         flat_module(**kwargs, pseudo_label_scale_reference="image", teacher_pass="joint", norm_stats="all")
 
 
