@@ -184,7 +184,8 @@ def test_a_checkpoint_with_the_flat_knobs_of_earlier_versions_loads_into_the_gro
         {"state_dict": saved.state_dict(), "hyper_parameters": flat, "pytorch-lightning_version": L.__version__}, path
     )
     loaded = MaskMatchModule.load_from_checkpoint(path)
-    assert loaded.masking.ratio == 0.4 and loaded.threshold.tau == 0.6 and loaded.weights.strong == 0.3
+    method = loaded.method
+    assert method.masking.ratio == 0.4 and method.threshold.tau == 0.6 and method.weights.strong == 0.3
     assert loaded.teacher.kind == "ema" and dict(loaded.hparams) == grouped
     for key, value in loaded.state_dict().items():
         torch.testing.assert_close(value, saved.state_dict()[key], msg=key)

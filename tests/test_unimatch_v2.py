@@ -131,7 +131,7 @@ def test_unimatch_v2_total_loss_matches_the_reference(monkeypatch, tau):
 
 
 def test_complementary_dropout_is_refused_where_it_cannot_apply(tiny_module_kwargs):
-    with pytest.raises(ValueError, match="needs strong_views 2"):
+    with pytest.raises(ValueError, match="needs views.strong_views 2"):
         flat_module(model=tiny_vit(11), num_classes=11, **{**V2, "strong_views": 1})
     with pytest.raises(TypeError, match="forward_channel_masked.*Set views.strong_feature_dropout: none"):
         flat_module(**{**tiny_module_kwargs, **V2})  # an smp CNN
