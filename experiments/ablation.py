@@ -66,9 +66,15 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "fixmatch+freematch": ("configs/demo_fixmatch.yaml", ["--model.pseudo_labels.threshold_rule=freematch"]),
     "maskmatch+freematch": ("configs/demo.yaml", ["--model.pseudo_labels.threshold_rule=freematch"]),
     "unimatch+freematch": ("configs/demo_unimatch.yaml", ["--model.pseudo_labels.threshold_rule=freematch"]),
-    "fixmatch+freematch_prior": ("configs/demo_fixmatch.yaml", ["--model.pseudo_labels.threshold_rule=freematch_prior"]),
+    "fixmatch+freematch_prior": (
+        "configs/demo_fixmatch.yaml",
+        ["--model.pseudo_labels.threshold_rule=freematch_prior"],
+    ),
     "maskmatch+freematch_prior": ("configs/demo.yaml", ["--model.pseudo_labels.threshold_rule=freematch_prior"]),
-    "unimatch+freematch_prior": ("configs/demo_unimatch.yaml", ["--model.pseudo_labels.threshold_rule=freematch_prior"]),
+    "unimatch+freematch_prior": (
+        "configs/demo_unimatch.yaml",
+        ["--model.pseudo_labels.threshold_rule=freematch_prior"],
+    ),
     "fixmatch-tau0.95": ("configs/demo_fixmatch.yaml", ["--model.pseudo_labels.threshold=0.95"]),
     "fixmatch-lr0.003": ("configs/demo_fixmatch.yaml", ["--model.optimization.lr=0.003"]),
 }
@@ -83,6 +89,39 @@ CORE = [
 CEILING = "supervised-all-labels"  # trained once per seed on every label ("full"), shown in every column
 RATIOS = {"1_64": 1 / 64, "1_16": 1 / 16, "1_8": 1 / 8, "1_4": 1 / 4}
 PSEUDO = ("pseudo/mIoU", "pseudo_single_scale/mIoU", "pseudo/acc_confident", "pseudo/confident_fraction")
+
+
+def _commit() -> str | None:
+    """The checkout's commit (with ``+dirty`` for uncommitted changes), or None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "src", "configs"], cwd=REPO, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else None
+
+
+def _versions() -> dict[str, str]:
+    """Versions of the packages that decide a run's numbers (kernels, RNG streams, augmentations)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": sys.version.split()[0]}
+    for package in (
+        "torch",
+        "lightning",
+        "segmentation-models-pytorch",
+        "timm",
+        "albumentations",
+        "numpy",
+        "opencv-python-headless",
+    ):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def run_one(method: str, ratio: str, seed: int, args: argparse.Namespace) -> dict:
@@ -154,6 +193,8 @@ def run_one(method: str, ratio: str, seed: int, args: argparse.Namespace) -> dic
         "health": health,
         "pseudo_curve": pseudo_curve,
         "seconds": seconds,
+        "commit": _commit(),
+        "versions": _versions(),  # the numbers are deterministic for one set of versions, not across them
     }
     result_file.write_text(json.dumps(result))
     return result

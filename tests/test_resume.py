@@ -153,3 +153,31 @@ def test_sigterm_in_a_trainer_of_ones_own_waits_for_the_accumulated_step(tmp_pat
     # the signal came in step 2's first micro-batch: the fit stops once that step is done
     assert stopped.value.code == 143 and trainer.global_step == 2
     assert (tmp_path / "checkpoints" / "preempted.ckpt").is_file()  # <trainer.log_dir>/checkpoints
+
+
+def test_a_checkpoint_with_the_earlier_lambda_schedule_resumes_exactly(straight, tmp_path, demo_cache):
+    """Checkpoints written before the schedule was torch's LinearLR x PolynomialLR hold LambdaLR's state
+    (only a step count): resuming one converts it, and the losses equal the unbroken run's."""
+    import torch
+
+    from maskmatch_pl.optim import is_lambda_state, poly_factor
+
+    losses, root = straight["ema"]
+    checkpoint = torch.load(next(root.rglob("step2.ckpt")), map_location="cpu", weights_only=False)
+    optimization = checkpoint["hyper_parameters"]["optimization"]
+    power, warmup = optimization["poly_power"], optimization["warmup_steps"]
+    groups = checkpoint["optimizer_states"][0]["param_groups"]
+    stand_in = torch.optim.SGD(
+        [{"params": [torch.zeros(1, requires_grad=True)], "lr": group["initial_lr"]} for group in groups], lr=1.0
+    )
+    earlier = torch.optim.lr_scheduler.LambdaLR(stand_in, lambda step: poly_factor(step, STEPS, power, warmup))
+    for _ in range(2):  # the earlier schedule, at the checkpoint's step
+        stand_in.step()
+        earlier.step()
+    assert [group["lr"] for group in stand_in.param_groups] == pytest.approx([group["lr"] for group in groups])
+    checkpoint["lr_schedulers"] = [earlier.state_dict()]
+    assert is_lambda_state(checkpoint["lr_schedulers"][0])
+    old = tmp_path / "lambda_schedule.ckpt"
+    torch.save(checkpoint, old)
+    resumed = losses_of(tmp_path / "from_old", demo_cache, "ema", f"--ckpt_path={old}")
+    assert resumed == {s: losses[s] for s in range(3, STEPS + 1)}

@@ -106,9 +106,11 @@ class MaskMatchCLI(LightningCLI):
     to the model, ``model.views.strong_views`` to the data (one knob makes UniMatch's two views), and
     an unset ``model.evaluation.crop_size`` is the data's ``crop_size``.
 
-    The optimiser and LR schedule are the model's (``model.optimizer``, ``model.lr``,
-    ``model.lr_multi``, ``model.poly_power``, ...): LightningCLI's ``--optimizer`` /
-    ``--lr_scheduler`` would replace them and are no options here. validate / test / predict
+    The optimiser and LR schedule are the model's (``model.optimization``: ``optimizer``, ``lr``,
+    ``lr_multi``, ``poly_power``, ``warmup_steps``, ...). LightningCLI's ``--optimizer`` /
+    ``--lr_scheduler`` are no options here: its automatic ``configure_optimizers`` builds one
+    parameter group from ``model.parameters()`` (the decoder's ``lr_multi`` is lost) and steps the
+    scheduler once per epoch (the per-step poly decay is lost). validate / test / predict
     log into a ``<command>/`` sub-folder of the logger's folder (e.g.
     ``lightning_logs/validate/version_0``), so that the ``version_N`` folders side by side are
     the training runs."""

@@ -28,7 +28,7 @@ from .losses import LossWeights, SupervisedLoss, rampup_factor
 from .masking import PatchMasking
 from .monitoring import PseudoLabelMonitor
 from .network import SegmentationNetwork, build_smp_model
-from .optim import build_optimizer, poly_schedule
+from .optim import build_optimizer, is_lambda_state, poly_schedule, schedule_state_after
 from .step import MaskMatchStep, StepOutput, TeacherOutput
 from .targets import IGNORE_INDEX
 from .teacher import Teacher
@@ -188,6 +188,7 @@ class MaskMatchModule(L.LightningModule):
         self.health, self.health_every = PseudoLabelHealth(num_classes), pseudo_labels.health_every
         self._seed = 0
         self._restored_seed: int | None = None  # the run's seed, from a checkpoint being resumed
+        self._lambda_schedule_steps: int | None = None  # a LambdaLR schedule's step count, from an older checkpoint
 
     @property
     def network(self) -> SegmentationNetwork:
@@ -293,6 +294,10 @@ class MaskMatchModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self.teacher.last_step = self.global_step  # a checkpoint's EMA weights already follow its step
+        if self._lambda_schedule_steps is not None:  # resumed from a checkpoint with LambdaLR's state
+            scheduler, optimizer = self.lr_schedulers(), self.optimizers(use_pl_optimizer=False)
+            scheduler.load_state_dict(schedule_state_after(self._schedule, optimizer, self._lambda_schedule_steps))
+            self._lambda_schedule_steps = None
         loaders = self.trainer.train_dataloader
         loaders = getattr(loaders, "iterables", loaders)  # a CombinedLoader's dict of loaders
         if self.method.weights.uses_unlabeled and isinstance(loaders, dict) and "unlabeled" not in loaders:
@@ -316,6 +321,12 @@ class MaskMatchModule(L.LightningModule):
         """Refuse a checkpoint of another network or class count with a message, not a size-mismatch
         traceback; keep the run's seed for a resume."""
         self._restored_seed = checkpoint.get("maskmatch_seed")
+        schedules = checkpoint.get("lr_schedulers") or []
+        if len(schedules) == 1 and is_lambda_state(schedules[0]):
+            # written before the schedule was torch's LinearLR x PolynomialLR: it stores only its step count,
+            # which on_train_start turns into the new schedule's state (the optimiser's own LRs are restored as saved)
+            self._lambda_schedule_steps = int(schedules[0]["last_epoch"])
+            checkpoint["lr_schedulers"] = []
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith(PARTS_BEFORE_STEP)]:
             state[f"method.{key}"] = state.pop(key)  # saved before the step had a module of its own
@@ -353,9 +364,12 @@ class MaskMatchModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.optimization
         optimizer = build_optimizer(self.network, hp.optimizer, hp.lr, hp.lr_multi, hp.weight_decay, hp.momentum)
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = poly_schedule(optimizer, total, hp.poly_power, hp.warmup_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._schedule(optimizer), "interval": "step"}}
+
+    def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """The poly LR schedule with warm-up over the fit's optimiser steps (:func:`~.optim.poly_schedule`)."""
+        hp = self.optimization
+        return poly_schedule(optimizer, int(self.trainer.estimated_stepping_batches), hp.poly_power, hp.warmup_steps)
 
     # ------------------------------------------------------------------ evaluation
     def _unpadded_probabilities(

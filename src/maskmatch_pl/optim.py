@@ -1,7 +1,9 @@
-"""Optimiser as the reference: SGD, a higher LR for the decoder/head, poly decay per step."""
+"""Optimiser as the reference: SGD, a higher LR for the decoder/head, poly decay per step (torch's
+schedulers: ``LinearLR`` warm-up times ``PolynomialLR``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -53,9 +55,43 @@ def poly_factor(step: int, total_steps: int, power: float = 0.9, warmup_steps: i
 
 def poly_schedule(
     optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9, warmup_steps: int = 0
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """:func:`poly_factor` as a scheduler stepped per iteration (``LambdaLR``: the warm-up is
-    not in ``PolynomialLR``)."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: poly_factor(step, total_steps, power, warmup_steps)
-    )
+) -> torch.optim.lr_scheduler.ChainedScheduler:
+    """:func:`poly_factor` from torch's schedulers, stepped once per optimiser step: ``LinearLR``
+    from ``1 / warmup_steps`` to 1 over the first ``warmup_steps`` steps (left out for 0 or 1),
+    times ``PolynomialLR`` over ``total_steps``. Equal to :func:`poly_factor` up to float
+    rounding (tests/test_optim.py)."""
+    parts: list[torch.optim.lr_scheduler.LRScheduler] = []
+    if warmup_steps > 1:
+        parts.append(
+            torch.optim.lr_scheduler.LinearLR(
+                optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0, total_iters=warmup_steps - 1
+            )
+        )
+    parts.append(torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max(int(total_steps), 1), power=power))
+    return torch.optim.lr_scheduler.ChainedScheduler(parts, optimizer)
+
+
+def is_lambda_state(state: dict) -> bool:
+    """Whether a saved scheduler state is ``LambdaLR``'s: what checkpoints written before the
+    schedule was built from torch's schedulers (0.x, up to 2026-12-07) hold."""
+    return "lr_lambdas" in state
+
+
+def schedule_state_after(
+    build: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+) -> dict:
+    """The state the schedule ``build(optimizer)`` has after ``steps`` optimiser steps, computed on
+    a stand-in optimiser with ``optimizer``'s base LRs (``initial_lr``; nothing of ``optimizer``
+    changes). Converts a :func:`is_lambda_state` checkpoint, which stores only its step count."""
+    groups = [
+        {"params": [torch.zeros(1, requires_grad=True)], "lr": group.get("initial_lr", group["lr"])}
+        for group in optimizer.param_groups
+    ]
+    stand_in = torch.optim.SGD(groups, lr=groups[0]["lr"])
+    schedule = build(stand_in)
+    for _ in range(int(steps)):
+        stand_in.step()  # no gradients: changes nothing, but the scheduler expects a step before its own
+        schedule.step()
+    return schedule.state_dict()
