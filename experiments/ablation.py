@@ -130,6 +130,7 @@ def run_one(method: str, ratio: str, seed: int, args: argparse.Namespace) -> dic
     result_file = folder / "result.json"
     if result_file.is_file() and not args.force:
         return json.loads(result_file.read_text())
+    commit = _commit()  # the code the run starts with
     config, overrides = METHODS[method]
     split = "full" if method == CEILING else ratio
     command = [
@@ -193,7 +194,7 @@ def run_one(method: str, ratio: str, seed: int, args: argparse.Namespace) -> dic
         "health": health,
         "pseudo_curve": pseudo_curve,
         "seconds": seconds,
-        "commit": _commit(),
+        "commit": commit,
         "versions": _versions(),  # the numbers are deterministic for one set of versions, not across them
     }
     result_file.write_text(json.dumps(result))

@@ -37,3 +37,17 @@ class RecordSamples(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self.path.with_suffix(f".rank{trainer.global_rank}.json").write_text(json.dumps(self.seen))
+
+
+class RecordLR(L.Callback):
+    """Writes ``{global_step: [LR of each parameter group]}`` in force at each training step to
+    ``<path>.rank<R>.json`` (read before the step, which uses them)."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.lrs = Path(path), {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs[trainer.global_step] = [group["lr"] for group in trainer.optimizers[0].param_groups]
+
+    def on_train_end(self, trainer, pl_module):
+        self.path.with_suffix(f".rank{trainer.global_rank}.json").write_text(json.dumps(self.lrs))

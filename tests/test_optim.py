@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from maskmatch_pl.optim import is_lambda_state, poly_factor, poly_schedule, schedule_state_after
+from maskmatch_pl.optim import poly_factor, poly_schedule, schedule_state_after
 
 
 def two_groups(lr: float = 0.01, lr_multi: float = 10.0) -> torch.optim.SGD:
@@ -57,10 +57,3 @@ def test_state_after_steps_continues_the_schedule_as_an_unbroken_one():
     later = run(schedule, resumed, total - stop)
     flat = [lr for lrs in later for lr in lrs]
     assert flat == pytest.approx([lr for lrs in unbroken[stop:] for lr in lrs], rel=1e-12)
-
-
-def test_lambda_state_is_told_from_the_new_one():
-    optimizer = two_groups()
-    old = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: poly_factor(step, 10))
-    assert is_lambda_state(old.state_dict())
-    assert not is_lambda_state(poly_schedule(two_groups(), 10, 0.9, 3).state_dict())

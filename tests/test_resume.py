@@ -160,7 +160,7 @@ def test_a_checkpoint_with_the_earlier_lambda_schedule_resumes_exactly(straight,
     (only a step count): resuming one converts it, and the losses equal the unbroken run's."""
     import torch
 
-    from maskmatch_pl.optim import is_lambda_state, poly_factor
+    from maskmatch_pl.optim import poly_factor
 
     losses, root = straight["ema"]
     checkpoint = torch.load(next(root.rglob("step2.ckpt")), map_location="cpu", weights_only=False)
@@ -176,8 +176,70 @@ def test_a_checkpoint_with_the_earlier_lambda_schedule_resumes_exactly(straight,
         earlier.step()
     assert [group["lr"] for group in stand_in.param_groups] == pytest.approx([group["lr"] for group in groups])
     checkpoint["lr_schedulers"] = [earlier.state_dict()]
-    assert is_lambda_state(checkpoint["lr_schedulers"][0])
+    assert "lr_lambdas" in checkpoint["lr_schedulers"][0]  # LambdaLR's state, as earlier versions saved it
     old = tmp_path / "lambda_schedule.ckpt"
     torch.save(checkpoint, old)
     resumed = losses_of(tmp_path / "from_old", demo_cache, "ema", f"--ckpt_path={old}")
     assert resumed == {s: losses[s] for s in range(3, STEPS + 1)}
+
+
+def test_a_resume_with_more_steps_follows_the_longer_schedule(straight, tmp_path, demo_cache):
+    """Resumed with a larger max_steps, the poly decay is rebuilt over the new length (as the
+    earlier LambdaLR did), instead of ending at the checkpoint's length."""
+    import torch
+
+    from maskmatch_pl.optim import poly_factor
+
+    _, root = straight["ema"]
+    ckpt = next(root.rglob("step2.ckpt"))
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    optimization = checkpoint["hyper_parameters"]["optimization"]
+    base = [group["initial_lr"] for group in checkpoint["optimizer_states"][0]["param_groups"]]
+    record = tmp_path / "lrs"
+    extra = [
+        f"--ckpt_path={ckpt}",
+        "--trainer.callbacks+=tests.recorders.RecordLR",
+        f"--trainer.callbacks.path={record}",
+    ]
+    main(fit_args(tmp_path / "longer", demo_cache, "ema", *extra, f"--trainer.max_steps={STEPS + 4}"))
+    lrs = {int(k): v for k, v in json.loads(record.with_suffix(".rank0.json").read_text()).items()}
+    assert sorted(lrs) == list(range(2, STEPS + 4))
+    for step, seen in lrs.items():
+        factor = poly_factor(step, STEPS + 4, optimization["poly_power"], optimization["warmup_steps"])
+        assert seen == pytest.approx([lr * factor for lr in base], rel=1e-9), f"step {step}"
+
+
+def test_a_fresh_fit_of_a_loaded_checkpoint_starts_its_schedule_at_step_0(straight, tmp_path, demo_cache):
+    """load_from_checkpoint (fine-tuning from trained weights) is no resume: the next fit's schedule
+    starts at its own step 0."""
+    import lightning as L
+
+    from maskmatch_pl import MaskMatchModule
+    from maskmatch_pl.optim import poly_factor
+
+    from .recorders import RecordLR
+
+    _, root = straight["ema"]
+    module = MaskMatchModule.load_from_checkpoint(next(root.rglob("step4.ckpt")))
+    data = SemiSupervisedDataModule(
+        dataset="demo", split="1_16", cache_dir=str(demo_cache), crop_size=32, batch_size=2, num_workers=0
+    )
+    record = tmp_path / "lrs"
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[RecordLR(str(record))],
+    )
+    trainer.fit(module, data)
+    lrs = {int(k): v for k, v in json.loads(record.with_suffix(".rank0.json").read_text()).items()}
+    optimization = module.optimization
+    base = optimization.lr
+    for step in range(3):
+        factor = poly_factor(step, 3, optimization.poly_power, optimization.warmup_steps)
+        assert lrs[step][0] == pytest.approx(base * factor, rel=1e-9), f"step {step}"

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -28,7 +29,7 @@ from .losses import LossWeights, SupervisedLoss, rampup_factor
 from .masking import PatchMasking
 from .monitoring import PseudoLabelMonitor
 from .network import SegmentationNetwork, build_smp_model
-from .optim import build_optimizer, is_lambda_state, poly_schedule, schedule_state_after
+from .optim import build_optimizer, poly_schedule, schedule_state_after
 from .step import MaskMatchStep, StepOutput, TeacherOutput
 from .targets import IGNORE_INDEX
 from .teacher import Teacher
@@ -45,6 +46,11 @@ def _group(cls: type[Group], value: Group | Mapping[str, Any]) -> Group:
     if isinstance(value, Mapping):
         return cls(**value)
     raise TypeError(f"expected a {cls.__name__} or a dict of its fields, got {value!r}")
+
+
+def _own_schedule(module: L.LightningModule) -> bool:
+    """Whether ``module`` builds its optimiser and schedule with MaskMatchModule's configure_optimizers."""
+    return type(module).configure_optimizers is MaskMatchModule.configure_optimizers
 
 
 class MaskMatchModule(L.LightningModule):
@@ -188,7 +194,7 @@ class MaskMatchModule(L.LightningModule):
         self.health, self.health_every = PseudoLabelHealth(num_classes), pseudo_labels.health_every
         self._seed = 0
         self._restored_seed: int | None = None  # the run's seed, from a checkpoint being resumed
-        self._lambda_schedule_steps: int | None = None  # a LambdaLR schedule's step count, from an older checkpoint
+        self._resume_step: int | None = None  # the optimiser step a fit resumes from, whose LR schedule is rebuilt
 
     @property
     def network(self) -> SegmentationNetwork:
@@ -294,10 +300,9 @@ class MaskMatchModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self.teacher.last_step = self.global_step  # a checkpoint's EMA weights already follow its step
-        if self._lambda_schedule_steps is not None:  # resumed from a checkpoint with LambdaLR's state
-            scheduler, optimizer = self.lr_schedulers(), self.optimizers(use_pl_optimizer=False)
-            scheduler.load_state_dict(schedule_state_after(self._schedule, optimizer, self._lambda_schedule_steps))
-            self._lambda_schedule_steps = None
+        if self._resume_step is not None:
+            self._rebuild_schedule(self._resume_step)
+            self._resume_step = None
         loaders = self.trainer.train_dataloader
         loaders = getattr(loaders, "iterables", loaders)  # a CombinedLoader's dict of loaders
         if self.method.weights.uses_unlabeled and isinstance(loaders, dict) and "unlabeled" not in loaders:
@@ -319,13 +324,16 @@ class MaskMatchModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another network or class count with a message, not a size-mismatch
-        traceback; keep the run's seed for a resume."""
+        traceback; keep the run's seed for a resume; leave the LR schedule of a resumed fit to
+        :meth:`_rebuild_schedule`."""
         self._restored_seed = checkpoint.get("maskmatch_seed")
-        schedules = checkpoint.get("lr_schedulers") or []
-        if len(schedules) == 1 and is_lambda_state(schedules[0]):
-            # written before the schedule was torch's LinearLR x PolynomialLR: it stores only its step count,
-            # which on_train_start turns into the new schedule's state (the optimiser's own LRs are restored as saved)
-            self._lambda_schedule_steps = int(schedules[0]["last_epoch"])
+        if self._restored_seed is not None:
+            self._seed = self._restored_seed  # strategies that restore after setup call on_fit_start first
+        trainer = self._trainer
+        fitting = trainer is not None and trainer.state.fn == TrainerFn.FITTING
+        if fitting and checkpoint.get("lr_schedulers") and _own_schedule(self):
+            # not restored as saved: a LambdaLR state (before 2026-12-07) or a schedule over another step count
+            self._resume_step = int(checkpoint.get("global_step", 0))
             checkpoint["lr_schedulers"] = []
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith(PARTS_BEFORE_STEP)]:
@@ -365,6 +373,25 @@ class MaskMatchModule(L.LightningModule):
         hp = self.optimization
         optimizer = build_optimizer(self.network, hp.optimizer, hp.lr, hp.lr_multi, hp.weight_decay, hp.momentum)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._schedule(optimizer), "interval": "step"}}
+
+    def _rebuild_schedule(self, step: int) -> None:
+        """Put the LR schedule and the optimiser's LRs where this fit's schedule is at optimiser ``step``.
+
+        For a resume with the same settings this is the saved state to the bit (the same products of
+        the same factors); a checkpoint of an earlier version (``LambdaLR``) or a fit with another
+        ``max_steps``, ``warmup_steps`` or ``poly_power`` gets the new settings' LR at ``step``, as the
+        earlier ``LambdaLR`` gave."""
+        scheduler, optimizer = self.lr_schedulers(), self.optimizers(use_pl_optimizer=False)
+        scheduler.load_state_dict(schedule_state_after(self._schedule, optimizer, step))
+        saved = [group["lr"] for group in optimizer.param_groups]
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = lr
+        if any(abs(a - b) > 1e-9 * max(abs(a), abs(b)) for a, b in zip(saved, scheduler.get_last_lr())):
+            rank_zero_info(
+                f"LR schedule rebuilt for this fit at step {step} (warm-up {self.optimization.warmup_steps}, poly "
+                f"{self.optimization.poly_power} over {int(self.trainer.estimated_stepping_batches)} steps): LR "
+                f"{[f'{lr:.3g}' for lr in scheduler.get_last_lr()]}, the checkpoint had {[f'{lr:.3g}' for lr in saved]}"
+            )
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         """The poly LR schedule with warm-up over the fit's optimiser steps (:func:`~.optim.poly_schedule`)."""

@@ -71,12 +71,6 @@ def poly_schedule(
     return torch.optim.lr_scheduler.ChainedScheduler(parts, optimizer)
 
 
-def is_lambda_state(state: dict) -> bool:
-    """Whether a saved scheduler state is ``LambdaLR``'s: what checkpoints written before the
-    schedule was built from torch's schedulers (0.x, up to 2026-12-07) hold."""
-    return "lr_lambdas" in state
-
-
 def schedule_state_after(
     build: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler],
     optimizer: torch.optim.Optimizer,
@@ -84,7 +78,8 @@ def schedule_state_after(
 ) -> dict:
     """The state the schedule ``build(optimizer)`` has after ``steps`` optimiser steps, computed on
     a stand-in optimiser with ``optimizer``'s base LRs (``initial_lr``; nothing of ``optimizer``
-    changes). Converts a :func:`is_lambda_state` checkpoint, which stores only its step count."""
+    changes). A resume rebuilds its schedule this way (``MaskMatchModule._rebuild_schedule``); the
+    cost grows with ``steps`` (each a scheduler step on one-element parameters)."""
     groups = [
         {"params": [torch.zeros(1, requires_grad=True)], "lr": group.get("initial_lr", group["lr"])}
         for group in optimizer.param_groups
