@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 
 from maskmatch_pl import SemiSupervisedDataModule
@@ -91,6 +92,22 @@ def read(record: Path) -> dict[int, float]:
     return {int(step): loss for step, loss in json.loads(record.with_suffix(".rank0.json").read_text()).items()}
 
 
+def own_trainer(root: Path, steps: int, callbacks: list, **kwargs) -> L.Trainer:
+    """A quiet CPU Trainer of one's own (no logger, checkpoints or validation) for ``steps`` steps."""
+    return L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        callbacks=callbacks,
+        **kwargs,
+    )
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, demo_cache):
     """The unbroken runs, one per setup, and the folders that hold their checkpoints."""
@@ -129,24 +146,13 @@ def test_sigterm_saves_exits_non_zero_and_resumes_exactly(straight, tmp_path, de
 
 
 def test_sigterm_in_a_trainer_of_ones_own_waits_for_the_accumulated_step(tmp_path, demo_cache):
-    import lightning as L
-
     L.seed_everything(0)
     module = flat_module(**TINY_MODEL, num_classes=11, mask_patch_size=8)
     data = SemiSupervisedDataModule(
         dataset="demo", split="1_16", cache_dir=str(demo_cache), crop_size=32, batch_size=2, num_workers=0
     )
-    trainer = L.Trainer(
-        max_steps=STEPS,
-        accumulate_grad_batches=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[PreemptionCheckpoint(), SigtermAt(str(tmp_path / "losses"), at=2)],
+    trainer = own_trainer(
+        tmp_path, STEPS, [PreemptionCheckpoint(), SigtermAt(str(tmp_path / "losses"), at=2)], accumulate_grad_batches=2
     )
     with pytest.raises(SystemExit) as stopped:
         trainer.fit(module, data)
@@ -212,7 +218,6 @@ def test_a_resume_with_more_steps_follows_the_longer_schedule(straight, tmp_path
 def test_a_fresh_fit_of_a_loaded_checkpoint_starts_its_schedule_at_step_0(straight, tmp_path, demo_cache):
     """load_from_checkpoint (fine-tuning from trained weights) is no resume: the next fit's schedule
     starts at its own step 0."""
-    import lightning as L
 
     from maskmatch_pl import MaskMatchModule
     from maskmatch_pl.optim import poly_factor
@@ -225,17 +230,7 @@ def test_a_fresh_fit_of_a_loaded_checkpoint_starts_its_schedule_at_step_0(straig
         dataset="demo", split="1_16", cache_dir=str(demo_cache), crop_size=32, batch_size=2, num_workers=0
     )
     record = tmp_path / "lrs"
-    trainer = L.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[RecordLR(str(record))],
-    )
+    trainer = own_trainer(tmp_path, 3, [RecordLR(str(record))])
     trainer.fit(module, data)
     lrs = {int(k): v for k, v in json.loads(record.with_suffix(".rank0.json").read_text()).items()}
     optimization = module.optimization

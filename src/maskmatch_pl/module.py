@@ -383,14 +383,14 @@ class MaskMatchModule(L.LightningModule):
         earlier ``LambdaLR`` gave."""
         scheduler, optimizer = self.lr_schedulers(), self.optimizers(use_pl_optimizer=False)
         scheduler.load_state_dict(schedule_state_after(self._schedule, optimizer, step))
-        saved = [group["lr"] for group in optimizer.param_groups]
-        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+        saved, rebuilt = [group["lr"] for group in optimizer.param_groups], scheduler.get_last_lr()
+        for group, lr in zip(optimizer.param_groups, rebuilt):
             group["lr"] = lr
-        if any(abs(a - b) > 1e-9 * max(abs(a), abs(b)) for a, b in zip(saved, scheduler.get_last_lr())):
+        if any(abs(a - b) > 1e-9 * max(abs(a), abs(b)) for a, b in zip(saved, rebuilt)):
             rank_zero_info(
                 f"LR schedule rebuilt for this fit at step {step} (warm-up {self.optimization.warmup_steps}, poly "
                 f"{self.optimization.poly_power} over {int(self.trainer.estimated_stepping_batches)} steps): LR "
-                f"{[f'{lr:.3g}' for lr in scheduler.get_last_lr()]}, the checkpoint had {[f'{lr:.3g}' for lr in saved]}"
+                f"{[f'{lr:.3g}' for lr in rebuilt]}, the checkpoint had {[f'{lr:.3g}' for lr in saved]}"
             )
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
