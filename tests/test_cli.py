@@ -434,6 +434,28 @@ def test_every_config_parses_with_its_shared_group_files(config, capsys):
     assert printed["optimization"]["lr"] == 0.123
 
 
+@pytest.mark.parametrize("config", sorted(str(p) for p in Path("configs").glob("*.yaml")))
+def test_every_config_keeps_the_trainer_and_data_files_it_names(config, capsys):
+    """A top-level ``trainer: file`` / ``data: file`` is read whole: a dotted key after it
+    (``trainer.max_epochs: 60``) once replaced the file's whole section with defaults (no DDP, no
+    checkpoints, ``dataset: custom``)."""
+    text = yaml.safe_load(Path(config).read_text())
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", config, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    for section in ("trainer", "data"):
+        assert not [key for key in text if key.startswith(f"{section}.")], f"{config}: dotted {section} keys"
+        if isinstance(text.get(section), str):
+            knobs = yaml.safe_load((Path(config).parent / text[section]).read_text())
+            for key, value in knobs.items():
+                if key == "callbacks":
+                    assert [c["class_path"] for c in printed[section][key]] == [c["class_path"] for c in value]
+                elif isinstance(value, list):
+                    assert list(printed[section][key]) == value, (section, key)
+                else:
+                    assert printed[section][key] == value, (section, key)
+
+
 def test_shared_group_files_are_each_used_by_several_configs():
     uses: dict[str, int] = {}
     for config in Path("configs").glob("*.yaml"):
@@ -441,5 +463,8 @@ def test_shared_group_files_are_each_used_by_several_configs():
             if isinstance(value, str):
                 uses[value] = uses.get(value, 0) + 1
     group_files = {str(p.relative_to("configs")) for p in Path("configs").glob("*/*.yaml")}
-    group_files -= {f for f in group_files if f.endswith(("trainer.yaml", "data.yaml"))}
+    sections = {
+        yaml.safe_load(c.read_text()).get(key) for c in Path("configs").glob("*.yaml") for key in ("trainer", "data")
+    }
+    group_files -= sections
     assert group_files == set(uses) and min(uses.values()) >= 2, uses

@@ -52,6 +52,7 @@ class Network:
         model_kwargs: more keyword arguments for smp.create_model (decoder_channels, ...).
         pad_multiple: pad inputs to a multiple of this many pixels (default: the encoder's output stride).
         channels_last: keep weights and images in the channels-last memory format (same model, often faster).
+        encoder_trainable_blocks: null (encoder trained), 0 (frozen: no gradient or optimiser state), N (ViT's last N).
     """
 
     arch: str = "DeepLabV3Plus"
@@ -60,10 +61,13 @@ class Network:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     pad_multiple: int | None = None
     channels_last: bool = False
+    encoder_trainable_blocks: int | None = None
 
     def __post_init__(self) -> None:
         if self.pad_multiple is not None:
             _at_least(self.pad_multiple, 1, "network.pad_multiple")
+        if self.encoder_trainable_blocks is not None:
+            _at_least(self.encoder_trainable_blocks, 0, "network.encoder_trainable_blocks")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .network import SegmentationNetwork, build_smp_model
 
 OutputKind = Literal["labels", "probabilities"]
+Weights = Literal["student", "teacher"]  # which weights a checkpoint is exported with
 EXPORT_EXTRA = 'pip install "maskmatch-pl[export]"'
 INPUT_SPEC = "image: uint8 RGB, B x 3 x H x W (any B, H, W), 0-255 as decoded from the file, not normalised"
 OUTPUT_SPECS = {
@@ -105,18 +106,22 @@ class DeployableSegmenter(nn.Module):
         return logits[..., :height, :width].float().softmax(dim=1)
 
 
-def load_student(checkpoint: str | os.PathLike) -> tuple[SegmentationNetwork, list[str] | None]:
-    """The student network of a ``MaskMatchModule`` checkpoint and its class names.
+def load_student(
+    checkpoint: str | os.PathLike, weights: Weights = "student"
+) -> tuple[SegmentationNetwork, list[str] | None]:
+    """The student network of a ``MaskMatchModule`` checkpoint (or, with ``weights="teacher"``, its EMA
+    teacher's weights in the same network) and its class names.
 
     The network is built from the checkpoint's own hyperparameters (``network`` and ``num_classes``;
     the flat knobs of older checkpoints are converted) as the module builds it, and only the
-    student's weights are loaded (strictly): nothing is downloaded, and the method's other
-    knobs and state (teacher, thresholds) play no part.
+    chosen weights are loaded (strictly): nothing is downloaded, and the method's other
+    knobs and state (thresholds) play no part.
 
     Raises:
         FileNotFoundError: no file at ``checkpoint``.
         RuntimeError: the checkpoint's student is not the network its hyperparameters build
             (a network passed as ``model``: export that module, see :func:`export_onnx`).
+        ValueError: ``weights="teacher"`` for a checkpoint without an EMA teacher.
     """
     path = Path(checkpoint)
     if not path.is_file():
@@ -132,8 +137,14 @@ def load_student(checkpoint: str | os.PathLike) -> tuple[SegmentationNetwork, li
         network = SegmentationNetwork(net, spec.get("pad_multiple"))
         state = saved["state_dict"]
         prefix = "method.network." if any(k.startswith("method.network.") for k in state) else "network."  # older
-        weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-        network.load_state_dict(weights)
+        if weights == "teacher":
+            prefix = prefix.replace("network.", "teacher.ema.")
+            if not any(k.startswith(prefix) for k in state):
+                raise ValueError(
+                    f"{path}: --weights teacher needs an EMA teacher (pseudo_labels.teacher: ema); this checkpoint's "
+                    f"teacher shares the student's weights: export --weights student"
+                )
+        network.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
     except (KeyError, RuntimeError) as error:
         raise RuntimeError(
             f"{path}: cannot rebuild its student from the checkpoint's hyperparameters ({error!r}); for a network "
@@ -143,11 +154,17 @@ def load_student(checkpoint: str | os.PathLike) -> tuple[SegmentationNetwork, li
     return network, hp.get("class_names")
 
 
-def _student(source: str | os.PathLike | nn.Module) -> tuple[nn.Module, list[str] | None]:
+def _student(source: str | os.PathLike | nn.Module, weights: Weights = "student") -> tuple[nn.Module, list[str] | None]:
     """The network and class names of a checkpoint path, a ``MaskMatchModule`` or a network."""
+    if weights not in ("student", "teacher"):
+        raise ValueError(f"weights must be 'student' or 'teacher', got {weights!r}")
     if isinstance(source, (str, os.PathLike)):
-        return load_student(source)
+        return load_student(source, weights)
     network = getattr(source, "network", source)  # a MaskMatchModule's student, or the network itself
+    if weights == "teacher":
+        network = getattr(getattr(source, "teacher", None), "ema", None)
+        if network is None:
+            raise ValueError("weights='teacher' needs a module with an EMA teacher (pseudo_labels.teacher: ema)")
     names = getattr(source, "class_names", None)
     return network, list(names) if names is not None else None
 
@@ -192,8 +209,9 @@ def _verify(deployable: DeployableSegmenter, run: Callable[[torch.Tensor], torch
             )
 
 
-def _metadata(deployable: DeployableSegmenter, class_names: Sequence[str] | None) -> dict[str, str]:
+def _metadata(deployable: DeployableSegmenter, class_names: Sequence[str] | None, weights: Weights) -> dict[str, str]:
     return {
+        "maskmatch_pl.weights": weights,
         "maskmatch_pl.input": INPUT_SPEC,
         "maskmatch_pl.output": OUTPUT_SPECS[deployable.output],
         "maskmatch_pl.class_names": json.dumps(list(class_names) if class_names is not None else None),
@@ -223,6 +241,7 @@ def export_onnx(
     output: OutputKind = "labels",
     opset: int = 17,
     overwrite: bool = False,
+    weights: Weights = "student",
 ) -> Path:
     """Writes the student as an ONNX model: input ``image`` (uint8 RGB ``B x 3 x H x W``, any
     size), output ``labels`` (int64 ``B x H x W``) or ``probabilities`` (float32 ``B x C x H x W``);
@@ -239,6 +258,7 @@ def export_onnx(
         output: ``"labels"`` or ``"probabilities"``.
         opset: the ONNX opset version.
         overwrite: replace an existing file at ``path``.
+        weights: ``"student"`` or ``"teacher"`` (the EMA teacher's weights; recorded as ``maskmatch_pl.weights``).
 
     Returns:
         ``path``.
@@ -246,12 +266,13 @@ def export_onnx(
     Raises:
         FileNotFoundError: ``source`` names no file.
         FileExistsError: ``path`` exists and not ``overwrite``.
+        ValueError: ``weights="teacher"`` without an EMA teacher.
         ImportError: onnx or onnxruntime are missing (``pip install "maskmatch-pl[export]"``).
     """
     onnx, ort = _require("onnx"), _require("onnxruntime")
     path = Path(path)
     _check_output(path, overwrite)
-    network, class_names = _student(source)
+    network, class_names = _student(source, weights)
     deployable = DeployableSegmenter(network, output).eval()
 
     def save(target: Path) -> None:
@@ -269,7 +290,7 @@ def export_onnx(
                 dynamic_axes={"image": spatial, output: spatial if output == "probabilities" else LABEL_AXES},
             )
         model = onnx.load(str(target))
-        for key, value in _metadata(deployable, class_names).items():
+        for key, value in _metadata(deployable, class_names, weights).items():
             model.metadata_props.add(key=key, value=value)
         onnx.checker.check_model(model)
         onnx.save(model, str(target))
@@ -284,6 +305,7 @@ def export_torchscript(
     path: str | os.PathLike,
     output: OutputKind = "labels",
     overwrite: bool = False,
+    weights: Weights = "student",
 ) -> Path:
     """Writes the student as a traced TorchScript module (``torch.jit.load(path)``) with the
     input and output of :func:`export_onnx`; the metadata is in the extra file
@@ -291,14 +313,14 @@ def export_torchscript(
     ``path``. Arguments, return value and errors as :func:`export_onnx` (no extra packages needed)."""
     path = Path(path)
     _check_output(path, overwrite)
-    network, class_names = _student(source)
+    network, class_names = _student(source, weights)
     deployable = DeployableSegmenter(network, output).eval()
 
     def save(target: Path) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation notice and tracer warnings; verified below
             traced = torch.jit.trace(deployable, (torch.zeros(EXAMPLE_SIZE, dtype=torch.uint8),))
-            metadata = json.dumps(_metadata(deployable, class_names))
+            metadata = json.dumps(_metadata(deployable, class_names, weights))
             torch.jit.save(traced, str(target), _extra_files={"maskmatch_pl.json": metadata})
             loaded = torch.jit.load(str(target))
         _verify(deployable, lambda images: loaded(images), path)
@@ -323,11 +345,15 @@ def export_main(args: Sequence[str] | None = None) -> Path:
         "--output_kind", type=Literal["labels", "probabilities"], default="labels", help="labels or probabilities"
     )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    parser.add_argument("--weights", type=Weights, default="student", help="student, or the EMA teacher's")
     parser.add_argument("--overwrite", type=bool, default=False, help="replace an existing output file")
     config = parser.parse_args(list(sys.argv[2:] if args is None else args))
     if config.format == "onnx":
-        path = export_onnx(config.ckpt_path, config.output, config.output_kind, config.opset, config.overwrite)
+        path = export_onnx(
+            config.ckpt_path, config.output, config.output_kind, config.opset, config.overwrite, config.weights
+        )
     else:
-        path = export_torchscript(config.ckpt_path, config.output, config.output_kind, config.overwrite)
-    print(f"wrote {path} ({config.format}; input {INPUT_SPEC}; output {OUTPUT_SPECS[config.output_kind]})")
+        path = export_torchscript(config.ckpt_path, config.output, config.output_kind, config.overwrite, config.weights)
+    output = OUTPUT_SPECS[config.output_kind]
+    print(f"wrote {path} ({config.format}; the {config.weights}'s weights; input {INPUT_SPEC}; output {output})")
     return path

@@ -116,9 +116,9 @@ class PseudoLabelHealth(Metric):
         if values["labeled_pixels"] == 0:
             return []
         remedy = (
-            "try class-wise thresholds, `model.pseudo_label_threshold: freematch_prior` (on small-foreground data "
-            "they turned this collapse into a gain over supervised), or more labeled images of the rare classes; "
-            "README 'Pseudo-label health' has the measurements"
+            "try class-wise thresholds, `--model.pseudo_labels.threshold_rule=freematch_prior` (on small-foreground "
+            "data they turned this collapse into a gain over supervised), or more labeled images of the rare classes; "
+            "docs/guide.md 'Pseudo-label health (no masks needed)' has the measurements"
         )
         if values["confident_pixels"] == 0:
             return [

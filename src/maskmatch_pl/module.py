@@ -7,6 +7,7 @@ into them and wires them into a training step that follows the paper's algorithm
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -139,7 +140,11 @@ class MaskMatchModule(L.LightningModule):
                 network.arch, network.encoder_name, network.encoder_weights, num_classes, **network.model_kwargs
             )
         )
-        student = SegmentationNetwork(net, network.pad_multiple, network.channels_last)
+        student = SegmentationNetwork(
+            net, network.pad_multiple, network.channels_last, network.encoder_trainable_blocks
+        )
+        if network.encoder_trainable_blocks is not None:  # the frozen encoder is in eval mode on purpose
+            warnings.filterwarnings("ignore", r"Found \d+ module\(s\) in eval mode at the start of training")
         self.method = MaskMatchStep(
             student,
             Teacher(
@@ -186,6 +191,7 @@ class MaskMatchModule(L.LightningModule):
         # the confusion matrix summed over the set (synced under DDP); IoU and mIoU are computed from it
         self.val_iou = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
         self.test_iou = self.val_iou.clone()
+        self.val_iou_teacher = self.val_iou.clone()  # an EMA teacher is scored beside the student, as UniMatch V2
         self.val_locality = LocalityScores(num_classes, evaluation.boundary_width, evaluation.small_object_share)
         self.test_locality = self.val_locality.clone()
         scales = pseudo_labels.scales
@@ -400,15 +406,16 @@ class MaskMatchModule(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _unpadded_probabilities(
-        self, batch: dict[str, Any], whole: bool = False
+        self, batch: dict[str, Any], whole: bool = False, network: nn.Module | None = None
     ) -> Iterator[tuple[list[int], int, int, torch.Tensor]]:
-        """``(indices, height, width, probabilities)`` per group of equally sized images of the
-        batch, each group predicted at its own size (:func:`~maskmatch_pl.evaluation.size_groups`):
-        the result does not depend on the batch size. A failure names the images."""
+        """``(indices, height, width, probabilities)`` of ``network`` (default: the student) per group of
+        equally sized images of the batch, each group predicted at its own size
+        (:func:`~maskmatch_pl.evaluation.size_groups`): the result does not depend on the batch size. A
+        failure names the images."""
         for indices, height, width in size_groups(batch):
             images = batch["image"][indices, :, :height, :width]
             try:
-                probs = self.eval_protocol.probabilities(self.network, images, whole=whole)
+                probs = self.eval_protocol.probabilities(network or self.network, images, whole=whole)
             except torch.OutOfMemoryError:
                 raise
             except (RuntimeError, ValueError) as error:
@@ -440,6 +447,11 @@ class MaskMatchModule(L.LightningModule):
             for row, index in enumerate(indices):
                 scored["image"][index], scored["mask"][index] = images[row], target[row]
                 scored["prediction"][index] = prediction[row]
+        if stage == "val" and self.teacher.ema is not None:
+            for indices, height, width, probs in self._unpadded_probabilities(batch, network=self.teacher.ema):
+                self.val_iou_teacher.update(
+                    probs.argmax(1), self.eval_protocol.region(batch["mask"][indices, :height, :width])
+                )
         return scored
 
     @torch.no_grad()
@@ -510,6 +522,9 @@ class MaskMatchModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_iou(self.val_iou, self.val_locality, "val")
+        if self.teacher.ema is not None:
+            self.log("val/mIoU_teacher", mean_iou(iou_from_confusion(self.val_iou_teacher.compute()).float()))
+            self.val_iou_teacher.reset()
         self._log_pseudo_label_quality()
 
     def on_train_epoch_end(self) -> None:

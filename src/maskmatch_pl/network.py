@@ -179,6 +179,48 @@ def _output_stride(net: nn.Module) -> int:
     return _encoder_stride(net) if getattr(net, "requires_divisible_input_shape", True) else 1
 
 
+def freeze_encoder(net: nn.Module, trainable_blocks: int | None) -> list[nn.Module]:
+    """Stop gradients into ``net.encoder`` but for its last ``trainable_blocks`` blocks; return the frozen modules.
+
+    ``None``: the whole encoder trains. ``0``: none of it (any encoder). ``N > 0``: the last ``N`` of a timm ViT's
+    ``blocks`` train, the patch and position embeddings and the earlier blocks do not. Frozen parameters get
+    ``requires_grad=False``, so no optimiser holds them or their state, and autograd records nothing for a frozen
+    prefix of the network (its activations are not kept); the frozen modules stay in eval mode
+    (:class:`SegmentationNetwork`), so that BatchNorm running statistics in a frozen CNN encoder do not move either.
+
+    Raises:
+        ValueError: ``net`` has no ``encoder``; ``N > 0`` on an encoder without ``blocks`` (a CNN: 0 or null);
+            ``N`` negative or above the number of blocks.
+    """
+    if trainable_blocks is None:
+        return []
+    encoder = getattr(net, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise ValueError(
+            f"network.encoder_trainable_blocks={trainable_blocks} needs a network with an `encoder` submodule "
+            f"(smp models, DPT); {type(net).__name__} has none: freeze your own layers with requires_grad_(False)"
+        )
+    blocks = getattr(encoder, "blocks", None)
+    if trainable_blocks and not isinstance(blocks, nn.Sequential | nn.ModuleList):
+        raise ValueError(
+            f"network.encoder_trainable_blocks={trainable_blocks}: the last-N-blocks setting needs a ViT encoder "
+            f"(timm's `blocks`); {type(encoder).__name__} has none: use 0 (frozen) or null (trained)"
+        )
+    if trainable_blocks < 0 or (blocks is not None and trainable_blocks > len(blocks)):
+        raise ValueError(
+            f"network.encoder_trainable_blocks must be null or 0..{len(blocks) if blocks is not None else 0}, "
+            f"got {trainable_blocks}"
+        )
+    encoder.requires_grad_(False)
+    if trainable_blocks:
+        for block in blocks[len(blocks) - trainable_blocks :]:
+            block.requires_grad_(True)
+        return [module for module in encoder.children() if module is not blocks] + list(
+            blocks[: len(blocks) - trainable_blocks]
+        )
+    return [encoder]
+
+
 class SegmentationNetwork(nn.Module):
     """Wraps a network that maps ``B x 3 x H x W`` images to ``B x C x H x W`` logits.
 
@@ -187,18 +229,35 @@ class SegmentationNetwork(nn.Module):
     deepest feature map, :meth:`padded_size`) and the logits are cropped back, so any input size
     works. ``pad_multiple`` defaults to an smp encoder's output stride, and to 1 for other networks.
 
+    ``encoder_trainable_blocks`` freezes the encoder, or all but its last blocks (:func:`freeze_encoder`).
+
     With ``channels_last`` the weights are stored and the images fed in the channels-last
     memory format (``B x H x W x C`` in memory), which oneDNN's CPU convolutions and tensor
     cores run faster; the values computed are the same up to floating-point summation order.
     """
 
-    def __init__(self, net: nn.Module, pad_multiple: int | None = None, channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        pad_multiple: int | None = None,
+        channels_last: bool = False,
+        encoder_trainable_blocks: int | None = None,
+    ) -> None:
         super().__init__()
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         own_multiple = getattr(net, "input_multiple", None)  # a network that states what it needs (PatchDPT)
         self.pad_multiple = pad_multiple or own_multiple or _output_stride(net)
         self.feature_stride = own_multiple or _encoder_stride(net)
         self.channels_last = channels_last
+        self._frozen = tuple(freeze_encoder(net, encoder_trainable_blocks))  # a tuple: not registered twice
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> SegmentationNetwork:
+        """``nn.Module.train``, but a frozen part of the encoder (:func:`freeze_encoder`) stays in eval mode."""
+        super().train(mode)
+        for module in self._frozen if hasattr(self, "_frozen") else ():
+            module.eval()
+        return self
 
     @property
     def encoder(self) -> nn.Module | None:

