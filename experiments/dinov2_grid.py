@@ -53,7 +53,30 @@ METHODS.update({row: (CONFIG, overrides) for row, overrides in ROWS.items()})
 TESTBEDS = {  # testbed: (scarce split, extra CLI arguments)
     "demo": ("1_16", []),
     "scenes": ("1_64", ["--data.dataset=scenes"]),
+    "scenes-8": ("8_labeled", ["--data.dataset=scenes"]),  # the first 8 of 1_64's labeled images (scarce_split)
 }
+SCARCE = 8
+
+
+def scarce_split(folder: Path) -> Path:
+    """Split files for ``scenes-8``: the first ``SCARCE`` labeled images of the scenes testbed's ``1_64`` split
+    labeled, every other training image unlabeled, its ``full`` and ``val`` as they are; written once into
+    ``folder`` (returned, for ``data.splits_dir``)."""
+    from maskmatch_pl.data.testbeds import build_testbed
+
+    source = build_testbed("scenes") / "splits"
+    labeled = (source / "1_64" / "labeled.txt").read_text().splitlines()
+    unlabeled = (source / "1_64" / "unlabeled.txt").read_text().splitlines()
+    (folder / "8_labeled").mkdir(parents=True, exist_ok=True)
+    (folder / "8_labeled" / "labeled.txt").write_text("\n".join(labeled[:SCARCE]) + "\n")
+    (folder / "8_labeled" / "unlabeled.txt").write_text("\n".join(labeled[SCARCE:] + unlabeled) + "\n")
+    (folder / "full").mkdir(exist_ok=True)
+    for name in ("full/labeled.txt", "full/unlabeled.txt", "val.txt"):
+        if (source / name).is_file():
+            (folder / name).write_bytes((source / name).read_bytes())
+    return folder
+
+
 PAIRS = (  # (without, with, what the difference measures)
     ("vit-supervised", "vit-fixmatch", "FixMatch over supervised"),
     ("vit-supervised", "vit-unimatch-v2", "UniMatch V2 over supervised"),
@@ -143,14 +166,16 @@ def main() -> None:
     parser.add_argument("--testbed", choices=list(TESTBEDS), default="demo")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--val-every", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--val-every", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("/tmp/maskmatch-dinov2-grid"))
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--csv", type=Path, help="also write one line per run to this file")
     args = parser.parse_args()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     split, extra = TESTBEDS[args.testbed]
+    if args.testbed == "scenes-8":
+        extra = [*extra, f"--data.splits_dir={scarce_split(args.out.resolve() / 'splits-scenes-8')}"]
     if not args.table_only:
         run_args = argparse.Namespace(
             out=args.out.resolve() / args.testbed,
