@@ -123,7 +123,10 @@ def test_the_last_n_blocks_train_and_the_rest_of_the_encoder_does_not(demo_cache
     fit(module, demo_cache, tmp_path)
     changed = {k.split(".")[0] + ("." + k.split(".")[1] if k.startswith("blocks") else "")
                for k, v in encoder.state_dict().items() if not torch.equal(v, before[k])}  # fmt: skip
-    assert changed == {"blocks.3"}  # the last of 4
+    assert changed == {"blocks.3", "norm"}  # the last of 4 blocks, and the final norm the head reads through
+    module.train()
+    assert not encoder.blocks[0].training and not encoder.patch_embed.training
+    assert encoder.blocks[3].training and encoder.norm.training
 
 
 def test_a_frozen_encoder_records_no_autograd_graph():
@@ -159,24 +162,35 @@ def test_an_ema_teacher_is_scored_beside_the_student(teacher, demo_cache, tmp_pa
     logged = trainer.callback_metrics
     assert "val/mIoU" in logged
     assert ("val/mIoU_teacher" in logged) == (teacher == "ema")
-    if teacher == "ema":
-        assert 0.0 <= float(logged["val/mIoU_teacher"]) <= 1.0
+    if teacher == "ema":  # the teacher's own weights are scored: the student's give the student's score ...
+        module.teacher.ema.load_state_dict(module.network.state_dict())
+        (scores,) = trainer.validate(module, trainer.datamodule, verbose=False)
+        assert scores["val/mIoU_teacher"] == scores["val/mIoU"]
+        with torch.no_grad():  # ... and a teacher that predicts digit 4 (class 5) everywhere scores about nothing
+            head = module.teacher.ema.net.segmentation_head.head[4]
+            head.weight.zero_()
+            head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(5), 11).to(head.bias.dtype))
+        (scores,) = trainer.validate(module, trainer.datamodule, verbose=False)
+        assert scores["val/mIoU_teacher"] < scores["val/mIoU"]
 
 
 def test_a_dinov2_student_and_its_teacher_export_and_predict_what_predict_writes(tmp_path, demo_cache):
     import onnxruntime
 
     from maskmatch_pl.cli import main
+    from maskmatch_pl.export import DeployableSegmenter, load_student
 
     from .test_export import photo, written
 
     tiny = {**TINY_VIT, **TINY_HEAD}
     args = [
-        "--config=configs/demo_dinov2.yaml",  # frozen encoder, token masking
+        "--config=configs/demo_dinov2.yaml",  # frozen encoder, token masking (on the digits here)
         "--model.network.encoder_weights=null",
         f"--model.network.model_kwargs={tiny}",
         "--model.pseudo_labels.teacher=ema",
         "--model.evaluation.scales=[1.0]",  # test-time scales are not exported
+        "--data.dataset=demo",
+        "--data.split=1_16",
         f"--data.cache_dir={demo_cache}",
         "--data.num_workers=0",
         "--data.batch_size=2",
@@ -204,6 +218,16 @@ def test_a_dinov2_student_and_its_teacher_export_and_predict_what_predict_writes
             for size in sizes:
                 (labels,) = session.run(None, {"image": photo(photos, size)})
                 np.testing.assert_array_equal(labels[0], written(out, size))
+        else:  # the EMA teacher's own weights, which differ from the student's after two steps
+            student, _ = load_student(checkpoint, "student")
+            network, _ = load_student(checkpoint, "teacher")
+            theirs = network.state_dict()
+            assert any(not torch.equal(value, theirs[key]) for key, value in student.state_dict().items())
+            image = photo(photos, sizes[0])
+            (labels,) = session.run(None, {"image": image})
+            with torch.no_grad():
+                expected = DeployableSegmenter(network, "labels").eval()(torch.from_numpy(image))
+            np.testing.assert_array_equal(labels, expected.numpy())
 
 
 def test_exporting_the_teacher_of_a_run_without_an_ema_teacher_is_refused(tmp_path):

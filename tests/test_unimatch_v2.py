@@ -48,8 +48,13 @@ def test_complementary_masks_are_unimatch_v2s():
 def v2_comp_drop_logits(net, images, channel_mask):
     """``DPT.forward(x, comp_drop=True)`` of UniMatch V2 on our head: tokens ``B x N x D`` times
     ``dropout_mask.unsqueeze(1)``, the same mask on every intermediate layer, then the head."""
-    outputs = net.encoder.forward_intermediates(
-        images, indices=net.output_indices, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True
+    outputs = net.encoder.forward_intermediates(  # V2's get_intermediate_layers: the final norm on each
+        images,
+        indices=net.output_indices,
+        output_fmt="NLC",
+        intermediates_only=True,
+        return_prefix_tokens=True,
+        norm=True,
     )
     grid_h, grid_w = images.shape[-2] // net.patch_size, images.shape[-1] // net.patch_size
     features = [

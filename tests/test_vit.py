@@ -42,11 +42,6 @@ def test_the_token_grid_is_the_patch_grid_of_the_padded_input():
     assert [tuple(f.shape) for f in features] == [(1, 32, 4, 6)] * 4
 
 
-def test_packaged_weights_are_refused_for_a_vit_by_name():
-    with pytest.raises(ValueError, match="EfficientNet-Lite encoders only.*vit_small_patch14_dinov2"):
-        build_smp_model("DPT", "tu-vit_small_patch14_dinov2", "packaged", 3, **TINY_VIT)
-
-
 def test_fit_validate_predict_through_the_cli_with_a_patch14_vit(tmp_path, demo_cache):
     model = [
         "--model.network.arch=DPT",

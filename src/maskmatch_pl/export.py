@@ -34,7 +34,7 @@ from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .network import SegmentationNetwork, build_smp_model
 
 OutputKind = Literal["labels", "probabilities"]
-Weights = Literal["student", "teacher"]  # which weights a checkpoint is exported with
+ExportWeights = Literal["student", "teacher"]  # which weights a checkpoint is exported with
 EXPORT_EXTRA = 'pip install "maskmatch-pl[export]"'
 INPUT_SPEC = "image: uint8 RGB, B x 3 x H x W (any B, H, W), 0-255 as decoded from the file, not normalised"
 OUTPUT_SPECS = {
@@ -107,7 +107,7 @@ class DeployableSegmenter(nn.Module):
 
 
 def load_student(
-    checkpoint: str | os.PathLike, weights: Weights = "student"
+    checkpoint: str | os.PathLike, weights: ExportWeights = "student"
 ) -> tuple[SegmentationNetwork, list[str] | None]:
     """The student network of a ``MaskMatchModule`` checkpoint (or, with ``weights="teacher"``, its EMA
     teacher's weights in the same network) and its class names.
@@ -154,7 +154,9 @@ def load_student(
     return network, hp.get("class_names")
 
 
-def _student(source: str | os.PathLike | nn.Module, weights: Weights = "student") -> tuple[nn.Module, list[str] | None]:
+def _student(
+    source: str | os.PathLike | nn.Module, weights: ExportWeights = "student"
+) -> tuple[nn.Module, list[str] | None]:
     """The network and class names of a checkpoint path, a ``MaskMatchModule`` or a network."""
     if weights not in ("student", "teacher"):
         raise ValueError(f"weights must be 'student' or 'teacher', got {weights!r}")
@@ -209,7 +211,9 @@ def _verify(deployable: DeployableSegmenter, run: Callable[[torch.Tensor], torch
             )
 
 
-def _metadata(deployable: DeployableSegmenter, class_names: Sequence[str] | None, weights: Weights) -> dict[str, str]:
+def _metadata(
+    deployable: DeployableSegmenter, class_names: Sequence[str] | None, weights: ExportWeights
+) -> dict[str, str]:
     return {
         "maskmatch_pl.weights": weights,
         "maskmatch_pl.input": INPUT_SPEC,
@@ -241,7 +245,7 @@ def export_onnx(
     output: OutputKind = "labels",
     opset: int = 17,
     overwrite: bool = False,
-    weights: Weights = "student",
+    weights: ExportWeights = "student",
 ) -> Path:
     """Writes the student as an ONNX model: input ``image`` (uint8 RGB ``B x 3 x H x W``, any
     size), output ``labels`` (int64 ``B x H x W``) or ``probabilities`` (float32 ``B x C x H x W``);
@@ -305,7 +309,7 @@ def export_torchscript(
     path: str | os.PathLike,
     output: OutputKind = "labels",
     overwrite: bool = False,
-    weights: Weights = "student",
+    weights: ExportWeights = "student",
 ) -> Path:
     """Writes the student as a traced TorchScript module (``torch.jit.load(path)``) with the
     input and output of :func:`export_onnx`; the metadata is in the extra file
@@ -345,7 +349,7 @@ def export_main(args: Sequence[str] | None = None) -> Path:
         "--output_kind", type=Literal["labels", "probabilities"], default="labels", help="labels or probabilities"
     )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
-    parser.add_argument("--weights", type=Weights, default="student", help="student, or the EMA teacher's")
+    parser.add_argument("--weights", type=ExportWeights, default="student", help="student, or the EMA teacher's")
     parser.add_argument("--overwrite", type=bool, default=False, help="replace an existing output file")
     config = parser.parse_args(list(sys.argv[2:] if args is None else args))
     if config.format == "onnx":

@@ -37,6 +37,7 @@ from .teacher import Teacher
 from .thresholds import PseudoLabelThreshold
 
 PARTS_BEFORE_STEP = ("network.", "teacher.", "threshold.")  # checkpoint keys now under ``method.``
+EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"  # Lightning's
 Group = TypeVar("Group")
 
 
@@ -143,8 +144,6 @@ class MaskMatchModule(L.LightningModule):
         student = SegmentationNetwork(
             net, network.pad_multiple, network.channels_last, network.encoder_trainable_blocks
         )
-        if network.encoder_trainable_blocks is not None:  # the frozen encoder is in eval mode on purpose
-            warnings.filterwarnings("ignore", r"Found \d+ module\(s\) in eval mode at the start of training")
         self.method = MaskMatchStep(
             student,
             Teacher(
@@ -303,8 +302,11 @@ class MaskMatchModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._seed = self._restored_seed if self._restored_seed is not None else torch.initial_seed()
+        if self.hparams.network.get("encoder_trainable_blocks") is not None:  # frozen modules in eval on purpose
+            warnings.filterwarnings("ignore", EVAL_MODE_WARNING)  # Lightning's, between on_fit_start and on_train_start
 
     def on_train_start(self) -> None:
+        warnings.filters[:] = [f for f in warnings.filters if getattr(f[1], "pattern", None) != EVAL_MODE_WARNING]
         self.teacher.last_step = self.global_step  # a checkpoint's EMA weights already follow its step
         if self._resume_step is not None:
             self._rebuild_schedule(self._resume_step)
@@ -415,7 +417,9 @@ class MaskMatchModule(L.LightningModule):
         for indices, height, width in size_groups(batch):
             images = batch["image"][indices, :, :height, :width]
             try:
-                probs = self.eval_protocol.probabilities(network or self.network, images, whole=whole)
+                probs = self.eval_protocol.probabilities(
+                    self.network if network is None else network, images, whole=whole
+                )
             except torch.OutOfMemoryError:
                 raise
             except (RuntimeError, ValueError) as error:

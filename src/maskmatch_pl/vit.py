@@ -11,12 +11,33 @@ it cannot build a ViT of another depth, as the tests' tiny one).
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _pos_embed_without_antialiasing(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm's ``VisionTransformer._pos_embed`` for a dynamic image size, the position grid resized by bicubic
+    interpolation without antialiasing, as DINOv2 (``interpolate_pos_encoding``) and UniMatch V2 resize it;
+    timm antialiases, which ONNX export cannot take (``aten::_upsample_bicubic2d_aa``). ``x``: ``B x h x w x D``."""
+    from timm.layers import resample_abs_pos_embed
+
+    batch, height, width, width_d = x.shape
+    prefix = [t.expand(batch, -1, -1) for t in (encoder.cls_token, encoder.reg_token) if t is not None]
+    pos_embed = resample_abs_pos_embed(
+        encoder.pos_embed,
+        new_size=(height, width),
+        old_size=encoder.patch_embed.grid_size,
+        num_prefix_tokens=0 if encoder.no_embed_class else encoder.num_prefix_tokens,
+        antialias=False,
+    )
+    x = x.view(batch, -1, width_d)
+    x = torch.cat([*prefix, x + pos_embed], 1) if encoder.no_embed_class else torch.cat([*prefix, x], 1) + pos_embed
+    return encoder.pos_drop(x)
 
 
 class PatchDPT(nn.Module):
@@ -75,6 +96,8 @@ class PatchDPT(nn.Module):
             from .pretrained import load_packaged_dinov2
 
             load_packaged_dinov2(self.encoder, encoder_name)
+        if getattr(self.encoder, "dynamic_img_size", False) and getattr(self.encoder, "pos_embed", None) is not None:
+            self.encoder._pos_embed = types.MethodType(_pos_embed_without_antialiasing, self.encoder)
         blocks = len(self.encoder.feature_info)
         if encoder_output_indices is None:  # evenly spaced, ending at the last block (smp's rule)
             encoder_output_indices = [blocks * (i + 1) // encoder_depth - 1 for i in range(encoder_depth)]

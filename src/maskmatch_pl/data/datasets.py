@@ -65,17 +65,25 @@ def _as_viewers_show(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image) if _orientation(image) != 1 else image
 
 
-def _rgb(image: Image.Image, path: Path) -> np.ndarray:
-    """``H x W x 3`` uint8 RGB of any Pillow mode; 16-bit grey levels are scaled to 8 bits
-    (``v / 257``, rounded; Pillow's own conversion would clip every value above 255 to white)."""
+LOW_RANGE_BITS = 12  # a 16-bit image whose values all fit in this many bits is most likely stored that way
+
+
+def _rgb(image: Image.Image, path: Path, bits: int | None = None) -> np.ndarray:
+    """``H x W x 3`` uint8 RGB of any Pillow mode; 16-bit grey levels are scaled to 8 bits from
+    ``0..2^bits - 1`` (``bits`` None: 16, ``v / 257``), rounded (Pillow's own conversion would clip every
+    value above 255 to white). With ``bits`` None, an image whose values fit in 12 bits is warned about once
+    per process: read as 16-bit data it would keep 17 grey levels or fewer."""
     if image.mode in SIXTEEN_BIT_MODES:
         grey = np.asarray(image).astype(np.int64)
-        if grey.min(initial=0) < 0 or grey.max(initial=0) > 65535:
+        top = 2 ** (bits or 16) - 1
+        if grey.min(initial=0) < 0 or grey.max(initial=0) > top:
+            knob = f"data.image_bits is {bits}" if bits else "images must be 8-bit or 16-bit (grey or RGB)"
             raise DataFileError(
-                f"{path}: a {image.mode} image with values outside 0..65535 ({grey.min()}..{grey.max()}); "
-                f"images must be 8-bit or 16-bit (grey or RGB)"
+                f"{path}: a {image.mode} image with values outside 0..{top} ({grey.min()}..{grey.max()}); {knob}"
             )
-        return np.repeat(np.rint(grey / 257.0).astype(np.uint8)[..., None], 3, axis=2)
+        if bits is None and image.size[0] * image.size[1] > 1 and grey.max(initial=0) < 2**LOW_RANGE_BITS:
+            _warn_low_range(path, int(grey.max()))
+        return np.repeat(np.rint(grey / (top / 255.0)).astype(np.uint8)[..., None], 3, axis=2)
     if image.mode == "F":
         raise DataFileError(
             f"{path}: a floating-point image (mode F): its value range is not defined; save it as 8-bit or "
@@ -84,15 +92,33 @@ def _rgb(image: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+_LOW_RANGE_WARNED: list[bool] = []
+
+
+def _warn_low_range(path: Path, top: int) -> None:
+    if _LOW_RANGE_WARNED:
+        return
+    _LOW_RANGE_WARNED.append(True)
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    depth = max(8, int(top).bit_length())
+    rank_zero_warn(
+        f"{path}: a 16-bit image whose values stop at {top} (12 bits or fewer, as microscopy, medical and "
+        f"remote-sensing exports store them): read as 16-bit data they become 0..{round(top / 257)}, "
+        f"{round(top / 257) + 1} grey levels; set data.image_bits to the data's depth (this image's values fit "
+        f"in {depth}: data.image_bits: {depth} spreads 0..{2**depth - 1} over 0..255). Warned once."
+    )
+
+
 class SampleReader:
     """Reads images (RGB uint8) and masks (class indices) as an image viewer shows them, and
     checks them.
 
     Images: EXIF orientation applied; any Pillow mode converted to RGB (16-bit grey scaled to 8
-    bits, alpha dropped); floating-point images refused. Masks: EXIF orientation applied too;
-    single-channel (P, L, 1, 16-bit) only, one frame; lossy files (JPEG, lossy WebP) are refused,
-    except with ``binary``, where they are thresholded at 127 (compression spreads values over
-    the edges: a 0/255 JPEG mask reads 1..254 there).
+    bits from ``0..2^image_bits - 1``, alpha dropped); floating-point images refused. Masks: EXIF
+    orientation applied too; single-channel (P, L, 1, 16-bit) only, one frame; lossy files (JPEG,
+    lossy WebP) are refused, except with ``binary``, where they are thresholded at 127 (compression
+    spreads values over the edges: a 0/255 JPEG mask reads 1..254 there).
 
     ``mask_mapping`` maps stored mask values to classes (e.g. ``{255: 1}`` for 0/255 binary
     masks); ``binary`` makes class 1 of the values above half of the file's largest value (0/1
@@ -102,8 +128,18 @@ class SampleReader:
     :class:`DataFileError` naming the file.
     """
 
-    def __init__(self, num_classes: int, mask_mapping: dict[int, int] | None = None, binary: bool = False) -> None:
-        self.num_classes, self.binary = num_classes, binary
+    def __init__(
+        self,
+        num_classes: int,
+        mask_mapping: dict[int, int] | None = None,
+        binary: bool = False,
+        image_bits: int | None = None,
+    ) -> None:
+        if image_bits is not None and not 8 <= image_bits <= 16:
+            raise ValueError(
+                f"data.image_bits must be 8..16 (the depth of 16-bit images' data) or null, got {image_bits}"
+            )
+        self.num_classes, self.binary, self.image_bits = num_classes, binary, image_bits
         self.threshold_binary = binary and not mask_mapping
         self.lookup = np.arange(256, dtype=np.uint8)
         if binary:
@@ -116,7 +152,7 @@ class SampleReader:
     def image(self, path: Path) -> np.ndarray:
         try:
             with Image.open(path) as image:
-                return _rgb(_as_viewers_show(image), path)
+                return _rgb(_as_viewers_show(image), path, self.image_bits)
         except DataFileError:
             raise
         except Exception as error:  # noqa: BLE001 - any decoder failure is "cannot read", named

@@ -3,13 +3,18 @@
 A *source* is a path:
 
 - a text file: one sample per line, ``<image relpath> [<mask relpath>]`` relative to the
-  data root (UniMatch's ``labeled.txt`` / ``unlabeled.txt`` / ``val.txt``);
+  data root (UniMatch's ``labeled.txt`` / ``unlabeled.txt`` / ``val.txt``); a name with spaces is read
+  when the split it implies names existing files (:func:`split_line`);
 - a folder with ``images/`` (and ``masks/``, matched by file stem) subfolders;
 - a plain folder of images (searched recursively), for unlabeled data without masks.
+
+Folders are walked following symbolic links (a dataset assembled from several disks), each real folder
+once: a link back to a folder already walked (a loop) is skipped and reported, as are links to nothing.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +40,51 @@ def _hidden(path: Path, folder: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(folder).parts)
 
 
-def _images_in(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (any depth), by suffix (:data:`IMAGE_SUFFIXES`, any case),
-    hidden ones skipped, sorted."""
-    return sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p, folder) and p.is_file()
-    )
+def _walk(folder: Path) -> list[Path]:
+    """Every file and folder under ``folder`` (any depth, in sorted order), following symbolic links, hidden
+    folders left out. Each real folder is read once, at the first path that reaches it in that order; warns,
+    naming them, about what it skipped: links back to a folder above them (loops), further links to a folder
+    already read (its files would count twice), and links to nothing."""
+    entries: list[Path] = []
+    skipped: dict[str, list[Path]] = {"links back to a folder above them": [], "links to a folder read already": []}
+    broken: list[Path] = []
+    seen = {os.path.realpath(folder)}
+    above = {str(folder): {os.path.realpath(folder)}}  # the real folders on the path to each folder walked
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        chain, kept = above.pop(here), []
+        for name in sorted(dirs):
+            path, real = Path(here) / name, os.path.realpath(Path(here) / name)
+            if name.startswith("."):
+                continue  # hidden: never data (_hidden)
+            if real in chain or real in seen:
+                skipped[
+                    "links back to a folder above them" if real in chain else "links to a folder read already"
+                ].append(path)
+                continue
+            seen.add(real)
+            above[str(path)] = chain | {real}
+            kept.append(name)
+            entries.append(path)
+        dirs[:] = kept  # sorted: the walk, and which path reads a folder reached twice, do not depend on the disk
+        for name in sorted(files):
+            path = Path(here) / name
+            (entries if path.exists() else broken).append(path)
+    parts = [
+        f"{len(paths)} {what} (e.g. {paths[0]} -> {paths[0].resolve()})" for what, paths in skipped.items() if paths
+    ]
+    parts += [f"{len(broken)} links to nothing (e.g. {broken[0]})"] if broken else []
+    if parts:
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(f"{folder}: skipped {' and '.join(parts)}; every other file, linked or not, is read")
+    return entries
+
+
+def _images_in(folder: Path, entries: list[Path] | None = None) -> list[Path]:
+    """Image files under ``folder`` (any depth, symbolic links followed: :func:`_walk`, or ``entries`` of a
+    walk already taken), by suffix (:data:`IMAGE_SUFFIXES`, any case), hidden ones skipped, sorted."""
+    entries = _walk(folder) if entries is None else entries
+    return sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p, folder) and p.is_file())
 
 
 def _by_name(files: list[Path], folder: Path, what: str) -> dict[Path, Path]:
@@ -77,16 +121,54 @@ def _no_mask_message(image: Path, key: Path, masks_dir: Path) -> str:
     return message
 
 
+def split_line(line: str, root: Path) -> list[str]:
+    """The one or two names of a split-file line: ``<image> [<mask>]``.
+
+    UniMatch's format separates the names by whitespace, so a name with spaces is ambiguous: a tab
+    separates the two names when the line has one; otherwise the words are split at whitespace, and when
+    that does not give two existing files, the readings that do (the whole line as one image, or the words
+    cut into an image and a mask at one space) are tried, and the one that names existing files under
+    ``root`` is taken. Lines whose names do not exist come back as split at whitespace (the caller names the
+    missing file); more than one existing reading is refused.
+
+    Raises:
+        DataSourceError: two readings of the line name existing files (the line and both readings named).
+    """
+    text = line.strip()
+    if "\t" in text:
+        return [part.strip() for part in text.split("\t") if part.strip()]
+    words = text.split()
+    if len(words) <= 1 or (len(words) == 2 and all((root / word).is_file() for word in words)):
+        return words
+    readings = [[text]] if (root / text).is_file() else []
+    readings += [
+        [" ".join(words[:cut]), " ".join(words[cut:])]
+        for cut in range(1, len(words))
+        if (root / " ".join(words[:cut])).is_file() and (root / " ".join(words[cut:])).is_file()
+    ]
+    if len(readings) > 1:
+        options = " or ".join(" + ".join(repr(name) for name in reading) for reading in readings)
+        raise DataSourceError(f"{text!r} can be read as {options}: separate the image and mask names with a tab")
+    return readings[0] if readings else words
+
+
 def read_split_file(path: Path, root: Path, need_masks: bool) -> list[Sample]:
-    """Samples listed in a UniMatch-style split file, paths relative to ``root``; every listed
-    file must exist, and no image may be listed twice."""
+    """Samples listed in a UniMatch-style split file, paths relative to ``root`` (names with spaces:
+    :func:`split_line`); every listed file must exist, and no image may be listed twice."""
     samples, seen = [], {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
-        fields = line.split()
+        try:
+            fields = split_line(line, root)
+        except DataSourceError as error:
+            raise DataSourceError(f"{path}:{number}: {error}") from error
         if not fields:
             continue
         if len(fields) > 2:
-            raise DataSourceError(f"{path}:{number}: expected '<image> [<mask>]', got {line!r}")
+            raise DataSourceError(
+                f"{path}:{number}: expected '<image> [<mask>]' (two names at most, separated by whitespace or a "
+                f"tab; a name with spaces is read when the file exists under {root}), got {len(fields)} fields: "
+                f"{line!r}"
+            )
         image = root / fields[0]
         mask = root / fields[1] if len(fields) == 2 and need_masks else None
         if need_masks and len(fields) < 2:
@@ -115,7 +197,8 @@ def scan_folder(folder: Path, need_masks: bool) -> list[Sample]:
             raise DataSourceError(
                 f"{folder}: a labeled folder needs 'images/' and 'masks/' subfolders (masks matched by file stem)"
             )
-        masks = next((p for p in sorted(folder.rglob("*")) if p.name.lower() in MASK_FOLDER_NAMES and p.is_dir()), None)
+        entries = _walk(folder)
+        masks = next((p for p in sorted(entries) if p.name.lower() in MASK_FOLDER_NAMES and p.is_dir()), None)
         if masks is not None:
             raise DataSourceError(
                 f"{folder} is read as a plain image folder (it has no images/ subfolder), and every image under it, "
@@ -123,7 +206,7 @@ def scan_folder(folder: Path, need_masks: bool) -> list[Sample]:
                 f"{folder / 'images'} (masks/ beside it is then paired, not read as images), or point at the "
                 f"folder of the images alone"
             )
-        return [Sample(p) for p in _images_in(folder)]
+        return [Sample(p) for p in _images_in(folder, entries)]
     images = _images_in(images_dir)
     if not need_masks:
         return [Sample(p) for p in images]
