@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "experiments"))
 
 from ablation import METHODS, run_one  # noqa: E402
-from scenes import paired, score  # noqa: E402  (the paired differences of the CNN scenes grid)
+from scenes import SCORES, paired, score  # noqa: E402  (the paired differences of the CNN scenes grid)
 
 CONFIG = "configs/demo_dinov2.yaml"
 NO_MASK = ["--model.masking=null"]
@@ -102,7 +102,6 @@ PAIRS = (  # (without, with, what the difference measures)
     ("cnn-supervised", "vit-supervised", "ViT (frozen, 100 steps) over CNN (1,000 steps), supervised"),
     ("cnn-fixmatch", "vit-fixmatch", "ViT (frozen, 100 steps) over CNN (1,000 steps), FixMatch"),
 )
-SCORES = {"mIoU": "val/mIoU", "boundary": "val/boundary_mIoU", "small objects": "val/small_object_mIoU"}
 
 
 def load(out: Path, testbed: str, row: str) -> dict[int, dict]:

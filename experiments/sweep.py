@@ -53,28 +53,16 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
         1000,
     ),
     "fixmatch, tau 0.95, EMA teacher": ("fixmatch", [tau(0.95), "--model.pseudo_labels.teacher=ema"], 1000),
-    "fixmatch, tau 0.95, BN statistics from labeled": (
-        "fixmatch",
-        [tau(0.95), "--model.views.norm_stats=labeled"],
-        1000,
-    ),
+    "fixmatch, tau 0.95, BN statistics from labeled": ("fixmatch", [tau(0.95), "--model.views.norm_stats=labeled"], 1000),
     "maskmatch, tau 0.8": ("maskmatch", [tau(0.8), W5, "--model.pseudo_labels.scales=[0.75, 1.0, 1.25]"], 1000),
     "fixmatch+masked, tau 0.7": ("fixmatch+masked", [T7, W5], 1000),
     "fixmatch+masked, tau 0.7, patch 4": ("fixmatch+masked", [T7, W5, "--model.masking.patch_size=4"], 1000),
     "fixmatch+masked, tau 0.7, ratio 0.5": ("fixmatch+masked", [T7, W5, "--model.masking.ratio=0.5"], 1000),
     "fixmatch+masked, tau 0.7, ratio 0.3": ("fixmatch+masked", [T7, W5, "--model.masking.ratio=0.3"], 1000),
     # the control: the same second view and loss with nothing hidden (is it the masking, or one more term?)
-    "fixmatch+masked, tau 0.7, ratio 0 (nothing hidden)": (
-        "fixmatch+masked",
-        [T7, W5, "--model.masking.ratio=0.0"],
-        1000,
-    ),
+    "fixmatch+masked, tau 0.7, ratio 0 (nothing hidden)": ("fixmatch+masked", [T7, W5, "--model.masking.ratio=0.0"], 1000),
     "fixmatch+masked, tau 0.7, weight 0.25": ("fixmatch+masked", [T7, "--model.masking.weight=0.25"], 1000),
-    "fixmatch+masked, tau 0.7, weak view masked": (
-        "fixmatch+masked",
-        [T7, W5, "--model.experimental.masked_view=weak"],
-        1000,
-    ),
+    "fixmatch+masked, tau 0.7, weak view masked": ("fixmatch+masked", [T7, W5, "--model.experimental.masked_view=weak"], 1000),
     "fixmatch+masked, tau 0.7, masked ramp-up 500": (
         "fixmatch+masked",
         [T7, W5, "--model.experimental.masked_rampup_steps=500"],
@@ -127,11 +115,7 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
     ),
     # does the masked view pay off with a longer budget (a regulariser)? both at twice the steps
     "fixmatch, tau 0.7, 2,000 steps": ("fixmatch", [T7], 2000),
-    "fixmatch+masked, tau 0.7, weight 0.25, 2,000 steps": (
-        "fixmatch+masked",
-        [T7, "--model.masking.weight=0.25"],
-        2000,
-    ),
+    "fixmatch+masked, tau 0.7, weight 0.25, 2,000 steps": ("fixmatch+masked", [T7, "--model.masking.weight=0.25"], 2000),
     # fifth session: is it the small student's capacity? both with a larger encoder and a decoder twice as wide
     "fixmatch, tau 0.7, Lite2 + FPN 128/64": ("fixmatch", [T7, *LARGER], 1000),
     "fixmatch+masked, tau 0.7, weight 0.25, Lite2 + FPN 128/64": (

@@ -176,7 +176,7 @@ class PatchDPT(nn.Module):
         if ((share > 0) & (share < 1)).any():
             raise ValueError(
                 f"a patch token of {patch} px is partly hidden: the masked view's patches must be whole tokens "
-                f"(model.mask_patch_size a multiple of {patch})"
+                f"(masking.patch_size a multiple of {patch})"
             )
         return share > 0.5
 
