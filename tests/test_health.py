@@ -57,6 +57,28 @@ def test_the_prior_variant_divides_the_class_distribution_by_the_labeled_share()
         assert got.tolist() == pytest.approx([r / max(ratio) * tau for r in ratio], rel=1e-5)
 
 
+def test_the_lowering_rule_keeps_tau_and_lowers_only_under_predicted_classes():
+    """Ours (``prior_lowered``): class c gets tau * min(1, p_t(c) / pi_t(c)), the same EMAs as the
+    prior rule; it starts at tau for every class (both EMAs start at 1/C) and never exceeds it."""
+    classes, momentum, tau = 3, 0.5, 0.7
+    threshold = PseudoLabelThreshold("prior_lowered", tau, classes, momentum)
+    assert threshold.thresholds().tolist() == pytest.approx([tau] * classes)
+    # the teacher gives class 2 a tenth of the probability; the labeled masks hold it on a third of the pixels
+    probs = torch.tensor([0.6, 0.3, 0.1]).view(1, 3, 1, 1).expand(2, 3, 4, 4)
+    mask = torch.arange(32).view(2, 4, 4) % 3
+    local, prior = [1 / 3] * 3, [1 / 3] * 3
+    for _ in range(3):
+        got = threshold.update(probs, labeled_mask=mask)
+        local = [momentum * local[c] + (1 - momentum) * [0.6, 0.3, 0.1][c] for c in range(3)]
+        counts = [int((mask == c).sum()) for c in range(3)]
+        prior = [momentum * prior[c] + (1 - momentum) * counts[c] / 32 for c in range(3)]
+        expected = [tau * min(1.0, local[c] / prior[c]) for c in range(3)]
+        assert got.tolist() == pytest.approx(expected, rel=1e-5)
+    assert got[0] == pytest.approx(tau) and got[2] < got[1] < tau  # over-predicted kept, under-predicted lowered
+    with pytest.raises(ValueError, match="prior_lowered"):
+        threshold.update(probs)  # needs the labeled masks
+
+
 def test_checkpoints_load_across_threshold_kinds(tmp_path):
     fixed = flat_module(**TINY_MODEL, num_classes=11)
     adaptive = flat_module(**TINY_MODEL, num_classes=11, pseudo_label_threshold="freematch_prior")

@@ -76,7 +76,8 @@ class PseudoLabeling:
 
     Args:
         threshold: confidence a pseudo-label needs to reach a loss (tau; 0 for Cityscapes, as UniMatch).
-        threshold_rule: fixed (tau for every class), freematch or freematch_prior (class-wise, arXiv:2205.07246).
+        threshold_rule: fixed (tau for every class), freematch or freematch_prior (class-wise, arXiv:2205.07246),
+            prior_lowered (tau, lowered for the classes the teacher predicts under their labeled share).
         threshold_momentum: EMA momentum of the class-wise thresholds.
         scales: input scales whose teacher softmax is averaged (MaskMatch's multi-scale ensembling).
         flip: also average the teacher's prediction of the flipped weak view.

@@ -17,7 +17,9 @@ from torch import nn
 from .health import class_counts
 from .targets import IGNORE_INDEX
 
-ThresholdKind = Literal["fixed", "freematch", "freematch_prior"]
+ThresholdKind = Literal["fixed", "freematch", "freematch_prior", "prior_lowered"]
+THRESHOLD_KINDS: tuple[str, ...] = ThresholdKind.__args__
+PRIOR_KINDS = ("freematch_prior", "prior_lowered")  # the kinds that follow the labeled class shares
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -29,10 +31,8 @@ def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 def check_threshold_options(kind: str, tau: float, momentum: float) -> None:
     """Raise ``ValueError`` naming the knob (``pseudo_labels.*``) when a threshold option is out of range."""
-    if kind not in ("fixed", "freematch", "freematch_prior"):
-        raise ValueError(
-            f"pseudo_labels.threshold_rule must be 'fixed', 'freematch' or 'freematch_prior', got {kind!r}"
-        )
+    if kind not in THRESHOLD_KINDS:
+        raise ValueError(f"pseudo_labels.threshold_rule must be one of {', '.join(THRESHOLD_KINDS)}; got {kind!r}")
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"pseudo_labels.threshold must be in [0, 1], got {tau}")
     if not 0.0 <= momentum < 1.0:
@@ -53,13 +53,17 @@ class PseudoLabelThreshold(nn.Module):
     ``pi_t(c)`` (the same EMA over the labeled masks) before MaxNorm, as distribution alignment
     (ReMixMatch, Berthelot et al., ICLR 2020) normalises predictions by the labeled prior: a class
     predicted at its labeled rate keeps ``tau_t``, one the teacher under-predicts gets a lower
-    threshold. ``tau`` is used by ``fixed`` only. FreeMatch's momentum is 0.999 over about a
+    threshold. ``prior_lowered`` (ours) keeps ``tau`` and only ever lowers it: class ``c`` gets
+    ``tau * min(1, p_t(c) / pi_t(c))``, so a class the teacher predicts at or above its labeled
+    share keeps ``tau`` (the fixed rule where the teacher is good) and one it under-predicts gets
+    a threshold lowered in proportion (the prior rule's remedy where a class vanishes). ``tau`` is
+    used by ``fixed`` and ``prior_lowered``. FreeMatch's momentum is 0.999 over about a
     million steps; the default here, 0.99, follows runs of a few thousand steps. The state steps
     once per training batch (micro-batch) and is saved in checkpoints (adaptive kinds only).
 
     Args:
-        kind: ``fixed``, ``freematch`` or ``freematch_prior``.
-        tau: the fixed threshold, in [0, 1].
+        kind: ``fixed``, ``freematch``, ``freematch_prior`` or ``prior_lowered``.
+        tau: the fixed threshold (the upper bound of ``prior_lowered``), in [0, 1].
         num_classes: number of classes ``C``.
         momentum: EMA momentum ``m`` of the adaptive kinds, in [0, 1).
 
@@ -75,7 +79,7 @@ class PseudoLabelThreshold(nn.Module):
         start = torch.full((num_classes,), 1.0 / num_classes)
         self.register_buffer("global_threshold", torch.tensor(1.0 / num_classes), persistent=adaptive)
         self.register_buffer("class_distribution", start.clone(), persistent=adaptive)
-        self.register_buffer("labeled_distribution", start.clone(), persistent=kind == "freematch_prior")
+        self.register_buffer("labeled_distribution", start.clone(), persistent=kind in PRIOR_KINDS)
 
     @torch.no_grad()
     def update(
@@ -86,7 +90,7 @@ class PseudoLabelThreshold(nn.Module):
     ) -> float | torch.Tensor:
         """Follow one batch of teacher ``probabilities`` (``B x C x H x W``; ``valid`` ``B x H x W``
         bool, default all; ``labeled_mask`` ``B' x H' x W'`` class indices, 255 ignored, needed by
-        ``freematch_prior``) and return the thresholds to use on it: a float (``fixed``) or a ``C``
+        ``freematch_prior`` and ``prior_lowered``) and return the thresholds to use on it: a float (``fixed``) or a ``C``
         tensor, one per class."""
         if self.kind == "fixed":
             return self.tau
@@ -107,9 +111,9 @@ class PseudoLabelThreshold(nn.Module):
         m = torch.where(count > 0, self.momentum, 1.0)
         self.global_threshold.mul_(m).add_((1 - m) * sums[0] / count.clamp_min(1))
         self.class_distribution.mul_(m).add_((1 - m) * sums[1:-1] / count.clamp_min(1))
-        if self.kind == "freematch_prior":
+        if self.kind in PRIOR_KINDS:
             if labeled_mask is None:
-                raise ValueError("pseudo_labels.threshold_rule 'freematch_prior' needs the labeled masks of the step")
+                raise ValueError(f"pseudo_labels.threshold_rule {self.kind!r} needs the labeled masks of the step")
             counts = class_counts(labeled_mask, labeled_mask != IGNORE_INDEX, len(self.labeled_distribution))
             counts = _all_reduce_sum(counts.to(self.labeled_distribution.dtype))
             total = counts.sum()
@@ -122,6 +126,8 @@ class PseudoLabelThreshold(nn.Module):
         if self.kind == "fixed":
             return self.tau
         distribution = self.class_distribution
-        if self.kind == "freematch_prior":
+        if self.kind in PRIOR_KINDS:
             distribution = distribution / self.labeled_distribution.clamp_min(1e-6)
+        if self.kind == "prior_lowered":
+            return self.tau * distribution.clamp(max=1.0)
         return distribution / distribution.max() * self.global_threshold
