@@ -53,7 +53,7 @@ METHODS: dict[str, tuple[str, list[str]]] = {
         ],
     ),
     "maskmatch": ("configs/demo.yaml", []),  # the demo default: the masked view, pseudo-labels at one scale
-    # the paper's full method: the masked view and pseudo-labels fused over three scales
+    # the full method as we read the abstract: the masked view and pseudo-labels fused over three scales
     "maskmatch+multiscale": ("configs/demo.yaml", ["--model.pseudo_labels.scales=[0.75, 1.0, 1.25]"]),
     "maskmatch+ema": ("configs/demo.yaml", ["--model.pseudo_labels.teacher=ema"]),
     # MaskMatch with every student forward updating the BatchNorm statistics (the default before 2026-11-24)

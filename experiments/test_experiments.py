@@ -42,6 +42,7 @@ def test_ablation_script_runs_one_tiny_row(tmp_path, demo_cache):
     saved = json.loads((tmp_path / "maskmatch" / "1_16" / "seed0" / "result.json").read_text())
     assert saved["steps"] == 2 and 0 <= saved["miou"] <= 1 and saved["curve"][-1][0] == 1
     assert 0 <= saved["pseudo"]["pseudo/mIoU"] <= 1  # pseudo-labels scored against the unlabeled masks
+    assert "health/labeled_share_digit_0" in saved["health_curve"][-1][1]  # every check's health signals, to replay
     assert (tmp_path / "miou_by_method.png").is_file() and (tmp_path / "miou_over_steps.png").is_file()
 
 
@@ -67,3 +68,21 @@ def test_second_datasets_letters_are_drawn_from_every_font_and_stay_apart():
         for glyph in drawn
     ]
     assert np.mean(nearest) > 0.6  # 82 % with matplotlib 3.11's 21 text fonts
+
+
+def test_the_health_replay_counts_warnings_as_the_monitor_gives_them():
+    from health_replay import warnings
+
+    def check(defect_share):  # a binary run's check: the defect holds 2 % of the labeled pixels
+        return {
+            "health/labeled_share_background": 0.98,
+            "health/labeled_share_defect": 0.02,
+            "health/confident_share_background": 1 - defect_share,
+            "health/confident_share_defect": defect_share,
+            "health/confident_pixels": 1000.0,
+        }
+
+    early = {"steps": 1000, "health_curve": [[250, check(0.0)], [500, check(0.02)], [750, check(0.02)]]}
+    assert warnings(early, None) == 1 and warnings(early, 0.4) == 0  # the instant rule warned at step 250
+    late = {"steps": 1000, "health_curve": [[250, check(0.02)], [500, check(0.0)], [750, check(0.0)]]}
+    assert warnings(late, None) == 2 and warnings(late, 0.4) == 1  # vanished at 500 and 750: reported at 750

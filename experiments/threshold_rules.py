@@ -27,7 +27,11 @@ from ablation import run_one  # noqa: E402
 
 OUT = REPO / "experiments" / "results" / "threshold-rules"
 RULES = ("fixmatch", "fixmatch+freematch_prior", "fixmatch+prior_lowered")
-RULE_NAMES = {"fixmatch": "fixed tau", "fixmatch+freematch_prior": "freematch_prior", "fixmatch+prior_lowered": "prior_lowered"}
+RULE_NAMES = {
+    "fixmatch": "fixed tau",
+    "fixmatch+freematch_prior": "freematch_prior",
+    "fixmatch+prior_lowered": "prior_lowered",
+}
 # testbed -> (labeled split, score key, CLI overrides; the letters' are built on first use)
 BEDS: dict[str, tuple[str, str, list[str] | None]] = {
     "demo": ("1_16", "val/mIoU", []),
@@ -53,9 +57,25 @@ def overrides(bed: str) -> list[str]:
     ]
 
 
+# rows run before this grid, in the same configs, data and budgets: read where this grid has none (their
+# commit and package versions are in each result.json; the table marks them)
+RECORDED = {
+    "demo": {"fixmatch": "rerun-current", "fixmatch+freematch_prior": "defaults/demo"},
+    "letters": {"fixmatch": "defaults/letters", "fixmatch+freematch_prior": "defaults/letters"},
+    "faces": {"fixmatch": "faces", "fixmatch+freematch_prior": "faces"},
+    "defects": {"fixmatch": "defects", "fixmatch+freematch_prior": "defects"},
+    "scenes": {"fixmatch": "scenes", "fixmatch+freematch_prior": "scenes"},
+}
+
+
 def load(bed: str, method: str) -> dict[int, dict]:
-    """Saved runs of one row, by seed."""
+    """Saved runs of one row, by seed: this grid's, and for the seeds it has not run, the recorded ones
+    (``RECORDED``), marked ``recorded``."""
     found = {}
+    if method in RECORDED.get(bed, {}):
+        for path in sorted((OUT.parent / RECORDED[bed][method] / method).glob("*/seed*/result.json")):
+            result = json.loads(path.read_text())
+            found[result["seed"]] = {**result, "recorded": RECORDED[bed][method]}
     for path in sorted((OUT / bed / method).glob("*/seed*/result.json")):
         result = json.loads(path.read_text())
         found[result["seed"]] = result
@@ -76,36 +96,56 @@ def _interval(differences: list[float]) -> str:
     return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
 
 
+SUPERVISED = {
+    "demo": "rerun-current",
+    "letters": "second-dataset",
+    "faces": "faces",
+    "defects": "defects",
+    "scenes": "scenes",
+}
+
+
+def supervised(bed: str) -> dict[int, float]:
+    """The testbed's recorded supervised runs (same configs, data and budget), score by seed."""
+    runs = (OUT.parent / SUPERVISED[bed] / "supervised").glob("*/seed*/result.json")
+    return {r["seed"]: score(r, bed) for r in map(lambda p: json.loads(p.read_text()), sorted(runs))}
+
+
 def table() -> str:
-    """Markdown: per testbed, each rule's score (mean ± std, n) and the lowering rule's paired differences."""
+    """Markdown: per testbed, supervised and each rule's score (mean ± std, n) on the seeds of the
+    lowering rule's runs, and the lowering rule's paired differences. A dagger marks a row read from
+    ``RECORDED`` (run before this grid)."""
     lines = [
-        "| testbed (score) | fixed tau | `freematch_prior` | `prior_lowered` | lowered - fixed [95 % CI] "
-        "| lowered - prior [95 % CI] | per seed (fixed / prior / lowered) |",
-        "|---|---|---|---|---|---|---|",
+        "| testbed (score) | supervised | fixed tau | `freematch_prior` | `prior_lowered` "
+        "| lowered - supervised | lowered - fixed [95 % CI] | lowered - prior [95 % CI] "
+        "| per seed (fixed / prior / lowered) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for bed in BEDS:
         rows = {method: load(bed, method) for method in RULES}
-        if not any(rows.values()):
+        seeds = sorted(rows[RULES[2]])
+        if not seeds:
             continue
+        base = supervised(bed)
+        rows["supervised"] = {s: {"score": base[s]} for s in seeds if s in base}
+
+        def value(method: str, seed: int, rows: dict = rows, bed: str = bed) -> float:
+            run = rows[method][seed]
+            return run["score"] if "score" in run else score(run, bed)
+
         cells = []
-        for method in RULES:
-            values = [score(r, bed) for r in rows[method].values()]
-            cells.append(
-                f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0:.1f} ({len(values)})"
-                if values
-                else "—"
-            )
-        pairs = []
-        for base in RULES[:2]:
-            seeds = sorted(set(rows[base]) & set(rows[RULES[2]]))
-            diffs = [score(rows[RULES[2]][s], bed) - score(rows[base][s], bed) for s in seeds]
-            pairs.append(_interval(diffs) if diffs else "—")
-        seeds = sorted(set().union(*rows.values()))
-        per_seed = ", ".join(
-            " / ".join(f"{score(rows[m][s], bed):.1f}" if s in rows[m] else "—" for m in RULES) for s in seeds
-        )
+        for method in ("supervised", *RULES):
+            values = [value(method, s) for s in seeds if s in rows[method]]
+            mark = "†" if any("recorded" in rows[method].get(s, {}) for s in seeds) else ""
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f} ({len(values)}){mark}" if values else "—")
+        for other in ("supervised", *RULES[:2]):
+            paired = [s for s in seeds if s in rows[other]]
+            diffs = [value(RULES[2], s) - value(other, s) for s in paired]
+            cells.append(_interval(diffs) if diffs else "—")
+        per_seed = ", ".join(" / ".join(f"{value(m, s):.1f}" if s in rows[m] else "—" for m in RULES) for s in seeds)
         key = BEDS[bed][1].replace("val/", "")
-        lines.append(f"| {bed} ({key}) | " + " | ".join(cells + pairs) + f" | {per_seed} |")
+        lines.append(f"| {bed} ({key}) | " + " | ".join(cells) + f" | {per_seed} |")
     return "\n".join(lines)
 
 
@@ -125,7 +165,9 @@ def main() -> None:
             for seed in args.seeds:
                 for method in args.methods:
                     result = run_one(method, BEDS[bed][0], seed, run_args)
-                    print(f"{bed} {method} seed {seed}: {score(result, bed):.1f} ({result['seconds']:.0f} s)", flush=True)
+                    print(
+                        f"{bed} {method} seed {seed}: {score(result, bed):.1f} ({result['seconds']:.0f} s)", flush=True
+                    )
     print(table())
 
 

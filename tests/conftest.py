@@ -5,6 +5,9 @@ import yaml
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download weights: fail fast if something tries
+# the CLI raises user errors with their traceback, so that tests assert the exception and its message;
+# test_first_contact.py runs the CLI without it, as a user meets it (message, exit status 2)
+os.environ["MASKMATCH_PL_TRACEBACK"] = "1"
 
 TINY_MODEL = {
     "arch": "Unet",

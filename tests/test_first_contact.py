@@ -80,6 +80,18 @@ def test_split_file_names_with_spaces_are_read_when_the_files_exist(tmp_path):
     ]  # fmt: skip
 
 
+def test_split_files_from_other_editors_and_names_with_double_spaces_are_read(tmp_path):
+    image(tmp_path / "raw" / "IMG  0100.jpg")  # two spaces, as a camera or a script may write them
+    image(tmp_path / "masks" / "IMG  0100.png")
+    image(tmp_path / "plain.png")
+    split = tmp_path / "labeled.txt"
+    split.write_bytes("\ufeffplain.png plain.png\r\nraw/IMG  0100.jpg masks/IMG  0100.png\r\n".encode())  # BOM, CRLF
+    samples = load_samples(split, tmp_path, need_masks=True)
+    assert [(s.image.name, s.mask.name) for s in samples] == [
+        ("plain.png", "plain.png"), ("IMG  0100.jpg", "IMG  0100.png"),
+    ]  # fmt: skip
+
+
 def test_split_file_lines_that_name_no_file_or_two_readings_are_refused_clearly(tmp_path):
     missing = tmp_path / "missing.txt"
     missing.write_text("raw/IMG 0100.jpg masks/IMG 0100.png\n")
@@ -120,3 +132,55 @@ def test_twelve_bit_data_in_sixteen_bit_files_is_warned_about_and_spread_with_im
         SampleReader(num_classes=2, image_bits=12).image(tmp_path / "brighter.png")
     with pytest.raises(ValueError, match="data.image_bits must be 8..16"):
         SampleReader(num_classes=2, image_bits=7)
+
+
+def test_twelve_bit_data_in_sixteen_bit_colour_files_keeps_its_levels_and_channels(tmp_path, monkeypatch):
+    """Pillow opens 48-bit PNG / TIFF as 8-bit RGB from the high bytes (12-bit data arrived as 0..15)."""
+    import cv2
+
+    from maskmatch_pl.data import SampleReader, datasets
+
+    ramp = np.linspace(0, 4095, 32 * 32).reshape(32, 32)
+    rgb = np.stack([ramp, ramp / 2, 4095 - ramp], axis=2).astype(np.uint16)  # red, half red, blue falling
+    for suffix in ("png", "tif"):
+        cv2.imwrite(str(tmp_path / f"scene.{suffix}"), rgb[..., ::-1])  # OpenCV writes BGR
+        monkeypatch.setattr(datasets, "_LOW_RANGE_WARNED", [])
+        with pytest.warns(UserWarning, match=rf"scene.{suffix}: a 16-bit image whose values stop at 4095"):
+            SampleReader(num_classes=2).image(tmp_path / f"scene.{suffix}")
+        spread = SampleReader(num_classes=2, image_bits=12).image(tmp_path / f"scene.{suffix}")
+        assert spread.dtype == np.uint8 and spread.shape == (32, 32, 3)
+        assert len(np.unique(spread[..., 0])) > 200  # not the 16 levels of the high byte
+        assert spread[-1, -1].tolist() == [255, 127, 0] and spread[0, 0].tolist() == [0, 0, 255]  # RGB order kept
+
+
+# ---------------------------------------------------------------- user errors exit without a traceback
+def _fit_with_a_missing_root(tmp_path, **env):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "maskmatch_pl.cli", "fit", "--config", "configs/demo_fixmatch.yaml"]
+    command += ["--data.dataset=custom", "--data.num_classes=2", f"--data.root={tmp_path / 'nope'}"]
+    command += [f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=1"]
+    environment = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", **env}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run(command, cwd=repo, capture_output=True, text=True, env=environment, timeout=300)
+
+
+def test_a_user_error_prints_its_message_and_exits_2_without_a_traceback(tmp_path):
+    quiet = _fit_with_a_missing_root(tmp_path, MASKMATCH_PL_TRACEBACK="")
+    assert quiet.returncode == 2, quiet.stderr[-2000:]
+    assert "Traceback" not in quiet.stderr
+    assert f"maskmatch-pl: error: {tmp_path / 'nope'}" in quiet.stderr and "MASKMATCH_PL_TRACEBACK=1" in quiet.stderr
+    loud = _fit_with_a_missing_root(tmp_path, MASKMATCH_PL_TRACEBACK="1")
+    assert loud.returncode == 1 and "Traceback" in loud.stderr and "DataSourceError" in loud.stderr
+
+
+def test_errors_raised_outside_the_package_keep_their_traceback():
+    from maskmatch_pl.cli import _raised_by_our_check
+    from maskmatch_pl.config import Views
+
+    with pytest.raises(ValueError) as ours:
+        Views(fp_dropout=2.0)
+    with pytest.raises(ValueError) as theirs:
+        int("not a number")  # raised here, in a test: not one of the package's checks
+    assert _raised_by_our_check(ours.value) and not _raised_by_our_check(theirs.value)

@@ -8,7 +8,7 @@ import torch
 
 from maskmatch_pl import SemiSupervisedDataModule
 from maskmatch_pl.data.testbeds import load_faces, load_textures, render_defects, render_faces, write_testbed
-from maskmatch_pl.health import PseudoLabelHealth
+from maskmatch_pl.health import HealthProblem, HealthWarnings, PseudoLabelHealth, remedy, warning_message
 from maskmatch_pl.losses import consistency_loss
 from maskmatch_pl.targets import PseudoLabels
 from maskmatch_pl.thresholds import PseudoLabelThreshold
@@ -116,7 +116,11 @@ def test_a_collapse_to_background_is_named_with_what_to_try():
     health.update(small_foreground_mask(), collapsed, 0.95)
     problems = health.problems(["background", "defect"])
     assert {(p.kind, p.class_name) for p in problems} == {("vanished", "defect"), ("takeover", "background")}
-    assert all("Pseudo-label health" in p.message and "freematch_prior" in p.message for p in problems)
+    message = warning_message(problems, 7, remedy("fixed"))
+    assert message.startswith("pseudo-label health at step 7") and message.count("\n") == 0  # one line per check
+    assert "'defect' (0.00% of the confident pixels" in message and "took over" in message and "'background'" in message
+    assert "--model.pseudo_labels.threshold_rule=prior_lowered" in message and "Pseudo-label health" in message
+    assert "threshold_rule=freematch_prior" in remedy("prior_lowered") and "labeled images" in remedy("freematch_prior")
     nothing = PseudoLabelHealth(2)
     nothing.update(small_foreground_mask(), collapsed, 1.0)  # a threshold no pixel reaches
     assert [p.kind for p in nothing.problems(["background", "defect"])] == ["no_confident"]
@@ -146,7 +150,17 @@ def always_background(images, scales=None, view_scale=None, flip=None):
     return [probs for _ in scales or [1.0]]
 
 
-def test_the_module_warns_and_logs_a_constructed_collapse_without_masks(demo_cache):
+def test_warnings_wait_for_the_grace_and_a_second_check_in_a_row():
+    rule = HealthWarnings(grace=0.4)
+    car, pole = HealthProblem("vanished", "car", 0.0, 0.1), HealthProblem("vanished", "pole", 0.0, 0.02)
+    assert rule.check([car], progress=0.1) == []  # early: a teacher still learning the class
+    assert rule.check([car], progress=0.3) == []  # persistent, but within the grace
+    assert rule.check([car, pole], progress=0.5) == [car]  # pole is new at this check
+    assert rule.check([pole], progress=0.6) == [pole]
+    assert rule.check([car], progress=0.9) == []  # car came back after a check without it
+
+
+def test_the_module_warns_once_per_check_after_the_grace_without_masks(demo_cache):
     torch.manual_seed(0)
     model = flat_module(**TINY_MODEL, num_classes=11, masked_weight=0, pseudo_label_scales=[1.0], health_every=1)
     model.teacher.scale_probabilities = always_background
@@ -154,11 +168,14 @@ def test_the_module_warns_and_logs_a_constructed_collapse_without_masks(demo_cac
         dataset="demo", cache_dir=str(demo_cache), crop_size=32, batch_size=2, num_workers=0
     )  # no monitoring masks: the health monitor needs none
     trainer = L.Trainer(
-        max_steps=2, limit_val_batches=1, val_check_interval=2, logger=False, enable_progress_bar=False,
+        max_steps=4, limit_val_batches=1, val_check_interval=2, logger=False, enable_progress_bar=False,
         enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
     )  # fmt: skip
-    with pytest.warns(UserWarning, match=r"pseudo-label health at step 2: class '\d' has vanished"):
+    with pytest.warns(UserWarning) as caught:
         trainer.fit(model, datamodule=data)
+    health = [str(w.message) for w in caught if "pseudo-label health" in str(w.message)]
+    assert len(health) == 1 and health[0].startswith("pseudo-label health at step 4, for two checks in a row")
+    assert "took over" in health[0] and "'0'" in health[0]  # background (class '0') took over
     logged = trainer.callback_metrics
     assert logged["pl_vanished"] >= 1 and logged["pl_takeover"] == 1
     assert logged["health/confident_share_0"] == 1.0 and logged["health/flip_agreement"] == 1.0

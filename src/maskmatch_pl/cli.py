@@ -34,6 +34,13 @@ FOLDER_LOGGERS = (TensorBoardLogger, CSVLogger)  # the loggers that make a versi
 OPTIMIZER_OPTIONS = ("--optimizer", "--lr_scheduler")  # LightningCLI's, off here: the model has its own
 
 
+DESCRIPTION = (
+    "Semi-supervised segmentation (MaskMatch, FixMatch, UniMatch) with Lightning: fit, validate, test and predict "
+    "below; `maskmatch-pl export --ckpt_path CKPT --output FILE` writes a trained model as ONNX or TorchScript "
+    "(maskmatch-pl export --help)."
+)
+
+
 class OneLineHelp(DefaultHelpFormatter):
     """``--help`` with one line per option (its first help sentence, type and default), and a
     one-line usage: every knob of a section on its own line, instead of Lightning's wrapped
@@ -117,7 +124,7 @@ class MaskMatchCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("auto_configure_optimizers", False)
-        kwargs.setdefault("parser_kwargs", {"formatter_class": OneLineHelp})
+        kwargs.setdefault("parser_kwargs", {"formatter_class": OneLineHelp, "description": DESCRIPTION})
         kwargs.setdefault("save_config_callback", SaveRunConfig)
         defaults = dict(kwargs.get("trainer_defaults") or {})
         callbacks = defaults.get("callbacks", [])  # SIGTERM saves and exits 143 in every fit (preemption.py)
@@ -229,20 +236,46 @@ def _log_evaluation_apart(trainer: Namespace, command: str) -> None:
     trainer.logger = logger
 
 
+USAGE_ERROR = 2  # the exit status of a usage error, as argparse / jsonargparse exit on a bad option
+TRACEBACK_VARIABLE = "MASKMATCH_PL_TRACEBACK"  # set to 1: user errors raise with their traceback
+USER_ERRORS = (ValueError, OSError)  # what our checks raise: a bad value, a missing or unreadable file
+
+
+def _raised_by_our_check(error: BaseException) -> bool:
+    """True when ``error`` was raised by this package's own code (its checks name the file, value
+    and expected form); errors raised inside torch, Lightning or another library keep their traceback."""
+    package = Path(__file__).resolve().parent
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return traceback is not None and package in Path(traceback.tb_frame.f_code.co_filename).resolve().parents
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``maskmatch-pl`` console script (``args`` default to ``sys.argv``);
-    ``maskmatch-pl export ...`` writes a checkpoint's student as ONNX / TorchScript (:mod:`.export`)."""
+    ``maskmatch-pl export ...`` writes a checkpoint's student as ONNX / TorchScript (:mod:`.export`).
+
+    A user error found by the package's checks (a bad file or value: ``ValueError`` / ``OSError``
+    raised in :mod:`maskmatch_pl`) prints ``maskmatch-pl: error: <message>`` without a traceback
+    and exits with status 2 (usage error); ``MASKMATCH_PL_TRACEBACK=1`` raises it with its traceback.
+    Errors raised elsewhere (a library, a bug) keep their traceback."""
     argv = sys.argv[1:] if args is None else args
-    if isinstance(argv, list) and argv[:1] == ["export"]:
-        export_main(argv[1:])
-        return
-    MaskMatchCLI(
-        MaskMatchModule,
-        SemiSupervisedDataModule,
-        seed_everything_default=0,
-        args=args,
-        save_config_kwargs={"overwrite": False},
-    )
+    try:
+        if isinstance(argv, list) and argv[:1] == ["export"]:
+            export_main(argv[1:])
+            return
+        MaskMatchCLI(
+            MaskMatchModule,
+            SemiSupervisedDataModule,
+            seed_everything_default=0,
+            args=args,
+            save_config_kwargs={"overwrite": False},
+        )
+    except USER_ERRORS as error:
+        if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0") or not _raised_by_our_check(error):
+            raise
+        print(f"maskmatch-pl: error: {error}\n(set {TRACEBACK_VARIABLE}=1 to see where it was raised)", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR) from None
 
 
 if __name__ == "__main__":

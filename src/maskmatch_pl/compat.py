@@ -85,6 +85,8 @@ def group_flat_knobs(hparams: Mapping[str, Any]) -> dict[str, Any]:
         if key in FLAT_KNOBS:
             group, name = FLAT_KNOBS[key]
             grouped.setdefault(group, {})[name] = list(value) if isinstance(value, tuple) else value
+    # the flat versions knew one rule: a fixed tau (the grouped default, prior_lowered, came later)
+    grouped.setdefault("pseudo_labels", {}).setdefault("threshold_rule", "fixed")
     masking = grouped.get("masking", {})
     if masking.get("weight", 0.5) == 0:
         grouped["masking"] = None

@@ -76,8 +76,9 @@ class PseudoLabeling:
 
     Args:
         threshold: confidence a pseudo-label needs to reach a loss (tau; 0 for Cityscapes, as UniMatch).
-        threshold_rule: fixed (tau for every class), freematch or freematch_prior (class-wise, arXiv:2205.07246),
-            prior_lowered (tau, lowered for the classes the teacher predicts under their labeled share).
+        threshold_rule: prior_lowered (tau, lowered for the classes the teacher predicts under their labeled
+            share; the default, benchmarks/RESULTS.md "Threshold rules"), fixed (tau for every class, the
+            reference's), freematch or freematch_prior (class-wise, arXiv:2205.07246).
         threshold_momentum: EMA momentum of the class-wise thresholds.
         scales: input scales whose teacher softmax is averaged (MaskMatch's multi-scale ensembling).
         flip: also average the teacher's prediction of the flipped weak view.
@@ -88,7 +89,7 @@ class PseudoLabeling:
     """
 
     threshold: float = 0.95
-    threshold_rule: ThresholdKind = "fixed"
+    threshold_rule: ThresholdKind = "prior_lowered"
     threshold_momentum: float = 0.99
     scales: Sequence[float] = (0.75, 1.0, 1.25)
     flip: bool = False

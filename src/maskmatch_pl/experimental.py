@@ -19,11 +19,13 @@ class Experimental:
     """Research knobs of the step.
 
     Args:
-        pseudo_label_fusion: mean (the paper's softmax averaging) or geometric (softmax of the mean log-probability).
+        pseudo_label_fusion: mean (softmax averaging, our reading of the abstract's ensembling) or geometric
+            (softmax of the mean log-probability).
         pseudo_label_scale_reference: view (scales relative to the weak view, the reference) or image (its stored size).
         mask_ratio_max: if set, the masked view's ratio is drawn per step from U(masking.ratio, mask_ratio_max).
-        masked_view: strong (mask a copy of the CutMixed strong view, the paper) or weak.
-        masked_loss_on: all (the paper: hidden pixels predicted from context) or visible (occlusion only).
+        masked_view: strong (mask a copy of the CutMixed strong view, our reading) or weak.
+        masked_loss_on: all (our reading of the abstract: hidden pixels predicted from context) or visible
+            (occlusion only).
         masked_norm: batch (the masked view's own BatchNorm statistics) or running (the running ones).
         masked_rampup_steps: the masked weight alone grows linearly from 0 over this many optimiser steps.
     """

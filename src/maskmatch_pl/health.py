@@ -17,7 +17,9 @@ be measured, and what gives a collapse away, is:
   with itself), which the class shares do.
 
 The states are torchmetrics sums (synced under DDP); :meth:`PseudoLabelHealth.problems` turns
-them into warnings with what to try. The cut-offs below are judgement, not calibrated.
+them into problems, and :class:`HealthWarnings` decides which are worth a warning (one line per check,
+with what to try). The cut-offs below are judgement; the warning rule was measured against the
+recorded runs' outcomes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .targets import IGNORE_INDEX, PseudoLabels
 VANISHED_RATIO = 0.1  # confident share below 10 % of the labeled share
 TAKEOVER_RATIO = 0.25  # the other classes together below 25 % of their labeled share
 MIN_LABELED_SHARE = 0.001  # classes rarer than this in the labeled masks are not judged
+GRACE = 0.5  # no warning before this share of the planned steps (HealthWarnings; RESULTS, "The health monitor")
 
 
 def class_counts(labels: torch.Tensor, keep: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -46,12 +49,105 @@ def class_counts(labels: torch.Tensor, keep: torch.Tensor, num_classes: int) -> 
 
 @dataclass(frozen=True)
 class HealthProblem:
-    """One warning: ``kind`` ``vanished``, ``takeover`` or ``no_confident``, the class (empty for
-    ``no_confident``), and the message."""
+    """One class found at one check: ``kind`` ``vanished`` or ``takeover`` with the class's share of
+    the confident pseudo-label pixels and of the labeled pixels (fractions in [0, 1]), or
+    ``no_confident`` (no class, shares 0): no pseudo-label pixel was confident."""
 
     kind: str
-    class_name: str
-    message: str
+    class_name: str = ""
+    confident_share: float = 0.0
+    labeled_share: float = 0.0
+
+
+def find_problems(
+    labeled_share: Sequence[float],
+    confident_share: Sequence[float],
+    class_names: Sequence[str],
+    confident_pixels: float = 1.0,
+) -> list[HealthProblem]:
+    """The problems of one check, from its ``C`` class shares (labeled pixels and confident
+    pseudo-label pixels, each summing to 1) and its count of confident pixels: a class with at
+    least ``MIN_LABELED_SHARE`` of the labeled pixels has **vanished** when its confident share is
+    under ``VANISHED_RATIO`` times its labeled share, and has **taken over** when the other classes
+    together hold under ``TAKEOVER_RATIO`` times their labeled share."""
+    if confident_pixels == 0:
+        return [HealthProblem("no_confident")]
+    found = []
+    for name, labeled, confident in zip(class_names, map(float, labeled_share), map(float, confident_share)):
+        if labeled < MIN_LABELED_SHARE:
+            continue
+        if confident < VANISHED_RATIO * labeled:
+            found.append(HealthProblem("vanished", name, confident, labeled))
+        if 1 - labeled >= MIN_LABELED_SHARE and 1 - confident < TAKEOVER_RATIO * (1 - labeled):
+            found.append(HealthProblem("takeover", name, confident, labeled))
+    return found
+
+
+class HealthWarnings:
+    """When a problem is worth a warning: only from ``grace`` of the planned steps on, and only when
+    the same problem (kind and class) was also found at the check before. Early in training a
+    teacher that is not yet sure of a class is still learning it; a collapse persists. The rule was
+    chosen by replaying it over recorded runs (benchmarks/RESULTS.md, "The health monitor against
+    the runs' outcomes"; ``experiments/health_replay.py``). The last check's problems are not saved in
+    checkpoints: after a resume, the first check only records.
+
+    Args:
+        grace: share of the planned optimiser steps (``trainer.estimated_stepping_batches``) before
+            which nothing is reported, in [0, 1].
+    """
+
+    def __init__(self, grace: float = GRACE) -> None:
+        self.grace = grace
+        self.previous: set[tuple[str, str]] = set()
+
+    def check(self, problems: Sequence[HealthProblem], progress: float) -> list[HealthProblem]:
+        """The ``problems`` of this check to report, at ``progress`` (steps done / steps planned)."""
+        persistent = [p for p in problems if (p.kind, p.class_name) in self.previous]
+        self.previous = {(p.kind, p.class_name) for p in problems}
+        return persistent if progress >= self.grace else []
+
+
+def warning_message(problems: Sequence[HealthProblem], step: int, remedy: str) -> str:
+    """One line for one check's reported ``problems``: the classes by kind, their shares, and ``remedy``."""
+
+    def listed(kind: str) -> str:
+        return ", ".join(
+            f"{p.class_name!r} ({p.confident_share:.2%} of the confident pixels, {p.labeled_share:.2%} of the labeled)"
+            for p in problems
+            if p.kind == kind
+        )
+
+    parts = []
+    if any(p.kind == "no_confident" for p in problems):
+        parts.append(
+            "no pseudo-label pixel was confident enough to reach a loss, so the unlabeled images teach nothing"
+        )
+    if vanished := listed("vanished"):
+        parts.append(
+            "vanished from the confident pseudo-labels, so the unlabeled loss teaches them as other classes: "
+            + vanished
+        )
+    if takeover := listed("takeover"):
+        parts.append(f"took over the confident pseudo-labels (a collapse): {takeover}")
+    return f"pseudo-label health at step {step}, for two checks in a row: " + "; ".join(parts) + f". {remedy}"
+
+
+def remedy(threshold_rule: str) -> str:
+    """What to try, given the ``pseudo_labels.threshold_rule`` in use (what was measured to help:
+    benchmarks/RESULTS.md, "Threshold rules on every testbed")."""
+    section = "docs/guide.md 'Pseudo-label health (no masks needed)' has the measurements"
+    if threshold_rule in ("fixed", "freematch"):
+        return (
+            "Try `--model.pseudo_labels.threshold_rule=prior_lowered` (the default: tau lowered for the classes the "
+            f"teacher under-predicts), or more labeled images of those classes; {section}"
+        )
+    if threshold_rule == "prior_lowered":
+        return (
+            "Try `--model.pseudo_labels.threshold_rule=freematch_prior` (it also raises the threshold of a class the "
+            "teacher over-predicts: the best measured on small-foreground data), or more labeled images of those "
+            f"classes; {section}"
+        )
+    return f"More labeled images of those classes are what is left to try; {section}"
 
 
 class PseudoLabelHealth(Metric):
@@ -110,47 +206,13 @@ class PseudoLabelHealth(Metric):
         }
 
     def problems(self, class_names: Sequence[str]) -> list[HealthProblem]:
-        """Classes that vanished from the confident pseudo-labels, or took them over, with what to try."""
-        values = self.compute()  # synced totals: every process decides alike
-        labeled, confident = values["labeled_share"], values["confident_share"]
+        """The problems of this check (:func:`find_problems` over the synced totals: every process decides alike)."""
+        values = self.compute()
         if values["labeled_pixels"] == 0:
             return []
-        remedy = (
-            "try class-wise thresholds, `--model.pseudo_labels.threshold_rule=freematch_prior` (on small-foreground "
-            "data they turned this collapse into a gain over supervised), or more labeled images of the rare classes; "
-            "docs/guide.md 'Pseudo-label health (no masks needed)' has the measurements"
+        return find_problems(
+            values["labeled_share"].tolist(),
+            values["confident_share"].tolist(),
+            class_names,
+            float(values["confident_pixels"]),
         )
-        if values["confident_pixels"] == 0:
-            return [
-                HealthProblem(
-                    "no_confident",
-                    "",
-                    "no pseudo-label pixel was confident enough to reach a loss: the unlabeled images teach nothing; "
-                    + remedy,
-                )
-            ]
-        found = []
-        for index, name in enumerate(class_names):
-            if labeled[index] < MIN_LABELED_SHARE:
-                continue
-            if confident[index] < VANISHED_RATIO * labeled[index]:
-                found.append(
-                    HealthProblem(
-                        "vanished",
-                        name,
-                        f"class {name!r} has vanished from the confident pseudo-labels: {confident[index]:.2%} of "
-                        f"the confident pixels against {labeled[index]:.2%} of the labeled pixels, so the unlabeled "
-                        f"loss teaches it as something else; {remedy}",
-                    )
-                )
-            others_labeled, others_confident = 1 - labeled[index], 1 - confident[index]
-            if others_labeled >= MIN_LABELED_SHARE and others_confident < TAKEOVER_RATIO * others_labeled:
-                found.append(
-                    HealthProblem(
-                        "takeover",
-                        name,
-                        f"class {name!r} has taken over the confident pseudo-labels: {confident[index]:.2%} of the "
-                        f"confident pixels against {labeled[index]:.2%} of the labeled pixels (collapse); {remedy}",
-                    )
-                )
-        return found

@@ -1,6 +1,6 @@
 """Scores for locality, next to mIoU: boundary IoU and small-object IoU over a whole set.
 
-MaskMatch's claim (arXiv:2312.08631, sec. 1) is about "the local regions": boundaries and small
+MaskMatch's claim (arXiv:2312.08631, its abstract) is about "the local regions": boundaries and small
 things, which mIoU weighs by their (small) pixel count. Two scores look at them alone, each
 summed over the whole set like mIoU (intersections and unions added over images, then divided;
 NaN for a class with no union, left out of the mean):

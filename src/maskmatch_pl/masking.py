@@ -77,7 +77,7 @@ def _visible(
 class PatchMasking:
     """The masked view's settings, checked once: ``ratio`` (or ``U(ratio, ratio_max)``) of the
     ``patch_size`` patches hidden, in a copy of the CutMixed ``strong`` view or of the ``weak`` one;
-    the student is asked for the pseudo-labels of ``all`` its pixels (the paper: hidden ones
+    the student is asked for the pseudo-labels of ``all`` its pixels (our reading of the abstract: hidden ones
     included) or of the ``visible`` ones only (a diagnostic: occlusion without inpainting). In ``space``
     ``pixel`` the hidden patches are painted the mean colour; in ``token`` (ViTs) the same patches are
     dropped from the encoder's tokens (``SegmentationNetwork.forward_token_masked``)."""

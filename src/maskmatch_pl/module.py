@@ -2,7 +2,8 @@
 
 The parts carry their behaviour (``teacher.py``, ``cutmix.py``, ``masking.py``, ``losses.py``,
 ``network.py`` for the BatchNorm policy, ``monitoring.py``); this module reads the knobs once
-into them and wires them into a training step that follows the paper's algorithm.
+into them and wires them into a training step that follows our reading of the paper's abstract (the
+paper itself was not available).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .compat import group_flat_knobs, is_flat
 from .config import Evaluation, Masking, Network, Optimization, PseudoLabeling, Views, Weights, plain
 from .evaluation import EvalProtocol, iou_from_confusion, mean_iou, size_groups
 from .experimental import Experimental
-from .health import PseudoLabelHealth
+from .health import HealthWarnings, PseudoLabelHealth, remedy, warning_message
 from .locality import LocalityScores
 from .losses import LossWeights, SupervisedLoss, rampup_factor
 from .masking import PatchMasking
@@ -197,6 +198,7 @@ class MaskMatchModule(L.LightningModule):
         other_scales = [f"pseudo_scale_{s:g}" for s in scales if len(scales) > 1 and s != 1.0]
         self.pseudo_monitor = PseudoLabelMonitor(num_classes, ["pseudo", "pseudo_single_scale", *other_scales])
         self.health, self.health_every = PseudoLabelHealth(num_classes), pseudo_labels.health_every
+        self.health_warnings = HealthWarnings()
         self._seed = 0
         self._restored_seed: int | None = None  # the run's seed, from a checkpoint being resumed
         self._resume_step: int | None = None  # the optimiser step a fit resumes from, whose LR schedule is rebuilt
@@ -492,7 +494,8 @@ class MaskMatchModule(L.LightningModule):
     def _log_pseudo_label_quality(self) -> None:
         """Pseudo-label scores over the training steps since the last call: against masks when the
         unlabeled batches carry them (``pseudo/*``), and the mask-free health monitor (``health/*``),
-        whose problems are warned about and counted in the progress bar (``pl_vanished``, ``pl_takeover``)."""
+        whose problems are counted in the progress bar (``pl_vanished``, ``pl_takeover``) and warned
+        about, one line per check, when :class:`~maskmatch_pl.health.HealthWarnings` reports them."""
         if self.pseudo_monitor.updated:
             self.log_dict(self.pseudo_monitor.compute(self.class_names))
             self.pseudo_monitor.reset()
@@ -510,8 +513,11 @@ class MaskMatchModule(L.LightningModule):
         for kind in ("vanished", "takeover", "no_confident"):
             count = sum(problem.kind == kind for problem in problems)
             self.log(f"pl_{kind}", float(count), prog_bar=True)
-        for problem in problems:
-            rank_zero_warn(f"pseudo-label health at step {self.global_step}: {problem.message}")
+        planned = self.trainer.estimated_stepping_batches
+        progress = self.global_step / planned if 0 < planned < float("inf") else 1.0
+        if reported := self.health_warnings.check(problems, progress):
+            rule = self.method.threshold.kind
+            rank_zero_warn(warning_message(reported, self.global_step, remedy(rule)))
         self.health.reset()
 
     def on_validation_start(self) -> None:

@@ -107,7 +107,7 @@ def fuse_probabilities(per_scale: Sequence[torch.Tensor], rule: Fusion = "mean")
     """One float32 ``B x C x H x W`` probability map from several (one per scale; flips are
     averaged within their scale first, by :func:`scale_probabilities`).
 
-    ``"mean"``: the arithmetic mean of the probabilities (the paper's softmax averaging).
+    ``"mean"``: the arithmetic mean of the probabilities (softmax averaging, our reading of the abstract's ensembling).
     ``"geometric"``: the normalised geometric mean, ``softmax(mean(log p))``, a product of
     experts. Where the scales agree on a class it keeps their confidence; the arithmetic mean
     lowers it whenever any one scale is less sure, so at the same threshold fewer pixels

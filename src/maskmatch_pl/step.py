@@ -1,7 +1,7 @@
 """The method's training step, without Lightning: :class:`MaskMatchStep`.
 
-One call is one step of the paper's algorithm (MaskMatch, arXiv:2312.08631, Alg. 1, on UniMatch's
-``unimatch.py`` / ``fixmatch.py``): the teacher's pseudo-labels on the weak view, the CutMixed
+One call is one step of MaskMatch as we read its abstract (arXiv:2312.08631; the paper itself was not
+available), on UniMatch's ``unimatch.py`` / ``fixmatch.py``): the teacher's pseudo-labels on the weak view, the CutMixed
 strong views, the masked view, the student on each view against its targets, the weighted loss.
 It returns the losses and what the diagnostics read (:class:`StepOutput`); optimisation, logging,
 seeding and evaluation are the caller's (``MaskMatchModule``, or a user's own LightningModule).

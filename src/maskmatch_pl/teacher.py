@@ -56,7 +56,7 @@ class Teacher(nn.Module):
         kind: ``shared`` or ``ema``.
         momentum: EMA momentum, warmed up as :func:`ema_momentum`.
         scales, flip: input scales (and horizontal flips, averaged within each scale) whose softmax is fused.
-        fusion: how the scales' probabilities combine: ``mean`` (the paper) or ``geometric``
+        fusion: how the scales' probabilities combine: ``mean`` (our reading of the abstract) or ``geometric``
             (:func:`~maskmatch_pl.multiscale.fuse_probabilities`).
         reference: what the scales are relative to: ``view`` (the weak view as it comes, the
             reference implementation) or ``image`` (the image's stored size: a view the data

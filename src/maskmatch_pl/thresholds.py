@@ -90,8 +90,8 @@ class PseudoLabelThreshold(nn.Module):
     ) -> float | torch.Tensor:
         """Follow one batch of teacher ``probabilities`` (``B x C x H x W``; ``valid`` ``B x H x W``
         bool, default all; ``labeled_mask`` ``B' x H' x W'`` class indices, 255 ignored, needed by
-        ``freematch_prior`` and ``prior_lowered``) and return the thresholds to use on it: a float (``fixed``) or a ``C``
-        tensor, one per class."""
+        ``freematch_prior`` and ``prior_lowered``) and return the thresholds to use on it: a float
+        (``fixed``) or a ``C`` tensor, one per class."""
         if self.kind == "fixed":
             return self.tau
         probabilities = probabilities.float()

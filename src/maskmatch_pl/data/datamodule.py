@@ -74,9 +74,9 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         mask_mapping: stored mask value -> class (e.g. ``{255: 1}`` for 0/255 masks).
         binary: binary masks: class 1 = values above half of each file's largest (0/1 and 0/255 masks;
             anti-aliased edges split at 128), class 0 below.
-        image_bits: the bit depth (8..16) of 16-bit grey images' data (e.g. 12 for microscopy or remote-sensing
-            exports that store 0..4095 in 16 bits): 0..2^bits - 1 is spread over 0..255. ``None``: 16 bits
-            (``v / 257``), with a warning when an image's values fit in 12 bits.
+        image_bits: the bit depth (8..16) of 16-bit images' data, grey or colour (e.g. 12 for microscopy or
+            remote-sensing exports that store 0..4095 in 16 bits): 0..2^bits - 1 is spread over 0..255.
+            ``None``: 16 bits (``v / 257``), with a warning when an image's values fit in 12 bits.
         cache_dir: where the demo dataset is generated (default ``$MASKMATCH_PL_CACHE`` or
             ``~/.cache/maskmatch_pl``).
         verify: before training, check every file so that a bad one stops the run at once with

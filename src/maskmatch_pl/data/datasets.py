@@ -68,28 +68,58 @@ def _as_viewers_show(image: Image.Image) -> Image.Image:
 LOW_RANGE_BITS = 12  # a 16-bit image whose values all fit in this many bits is most likely stored that way
 
 
+def _scale_sixteen_bit(values: np.ndarray, path: Path, bits: int | None, kind: str) -> np.ndarray:
+    """uint8 of 16-bit ``values`` (any shape) scaled from ``0..2^bits - 1`` (``bits`` None: 16, ``v / 257``),
+    rounded; values above the range are refused, and with ``bits`` None an image whose values fit in 12
+    bits is warned about once per process (read as 16-bit data it keeps 17 levels or fewer)."""
+    values = values.astype(np.int64)
+    top = 2 ** (bits or 16) - 1
+    if values.min(initial=0) < 0 or values.max(initial=0) > top:
+        knob = f"data.image_bits is {bits}" if bits else "images must be 8-bit or 16-bit (grey or RGB)"
+        raise DataFileError(
+            f"{path}: a {kind} image with values outside 0..{top} ({values.min()}..{values.max()}); {knob}"
+        )
+    if bits is None and values.size > 3 and values.max(initial=0) < 2**LOW_RANGE_BITS:
+        _warn_low_range(path, int(values.max()))
+    return np.rint(values / (top / 255.0)).astype(np.uint8)
+
+
 def _rgb(image: Image.Image, path: Path, bits: int | None = None) -> np.ndarray:
-    """``H x W x 3`` uint8 RGB of any Pillow mode; 16-bit grey levels are scaled to 8 bits from
-    ``0..2^bits - 1`` (``bits`` None: 16, ``v / 257``), rounded (Pillow's own conversion would clip every
-    value above 255 to white). With ``bits`` None, an image whose values fit in 12 bits is warned about once
-    per process: read as 16-bit data it would keep 17 grey levels or fewer."""
+    """``H x W x 3`` uint8 RGB of any Pillow mode; 16-bit grey levels are scaled to 8 bits by
+    :func:`_scale_sixteen_bit` (Pillow's own conversion would clip every value above 255 to white)."""
     if image.mode in SIXTEEN_BIT_MODES:
-        grey = np.asarray(image).astype(np.int64)
-        top = 2 ** (bits or 16) - 1
-        if grey.min(initial=0) < 0 or grey.max(initial=0) > top:
-            knob = f"data.image_bits is {bits}" if bits else "images must be 8-bit or 16-bit (grey or RGB)"
-            raise DataFileError(
-                f"{path}: a {image.mode} image with values outside 0..{top} ({grey.min()}..{grey.max()}); {knob}"
-            )
-        if bits is None and image.size[0] * image.size[1] > 1 and grey.max(initial=0) < 2**LOW_RANGE_BITS:
-            _warn_low_range(path, int(grey.max()))
-        return np.repeat(np.rint(grey / (top / 255.0)).astype(np.uint8)[..., None], 3, axis=2)
+        grey = _scale_sixteen_bit(np.asarray(image), path, bits, image.mode)
+        return np.repeat(grey[..., None], 3, axis=2)
     if image.mode == "F":
         raise DataFileError(
             f"{path}: a floating-point image (mode F): its value range is not defined; save it as 8-bit or "
             f"16-bit (grey or RGB)"
         )
     return np.asarray(image.convert("RGB"))
+
+
+def _sixteen_bit_colour(image: Image.Image) -> bool:
+    """True for a colour file with 16 bits per channel (48-bit PNG / TIFF): Pillow opens it as 8-bit
+    RGB, keeping the high byte only (12-bit data would arrive as 0..15)."""
+    return image.mode in ("RGB", "RGBA") and any(";16" in str(tile[3]) for tile in image.tile)
+
+
+def _sixteen_bit_rgb(image: Image.Image, path: Path, bits: int | None) -> np.ndarray:
+    """``H x W x 3`` uint8 of a 16-bit-per-channel colour file, read with OpenCV (which keeps the 16
+    bits) and scaled as 16-bit grey images are."""
+    import cv2
+
+    if _orientation(image) != 1:
+        raise DataFileError(
+            f"{path}: a 16-bit colour image with an EXIF Orientation tag ({_orientation(image)}): turn its pixels "
+            f"and delete the tag, or save it with 8 bits per channel"
+        )
+    stored = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if stored is None or stored.dtype != np.uint16 or stored.ndim != 3:
+        raise DataFileError(
+            f"{path}: cannot read the 16-bit colour image (OpenCV read {getattr(stored, 'dtype', None)})"
+        )
+    return _scale_sixteen_bit(np.ascontiguousarray(stored[..., 2::-1]), path, bits, "16-bit colour")  # BGR(A) -> RGB
 
 
 _LOW_RANGE_WARNED: list[bool] = []
@@ -152,6 +182,8 @@ class SampleReader:
     def image(self, path: Path) -> np.ndarray:
         try:
             with Image.open(path) as image:
+                if _sixteen_bit_colour(image):
+                    return _sixteen_bit_rgb(image, path, self.image_bits)
                 return _rgb(_as_viewers_show(image), path, self.image_bits)
         except DataFileError:
             raise

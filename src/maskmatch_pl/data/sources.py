@@ -15,6 +15,7 @@ once: a link back to a folder already walked (a loop) is skipped and reported, a
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,11 +142,10 @@ def split_line(line: str, root: Path) -> list[str]:
     if len(words) <= 1 or (len(words) == 2 and all((root / word).is_file() for word in words)):
         return words
     readings = [[text]] if (root / text).is_file() else []
-    readings += [
-        [" ".join(words[:cut]), " ".join(words[cut:])]
-        for cut in range(1, len(words))
-        if (root / " ".join(words[:cut])).is_file() and (root / " ".join(words[cut:])).is_file()
-    ]
+    for gap in re.finditer(r"\s+", text):  # cut at each run of whitespace, names kept as written (double spaces)
+        image, mask = text[: gap.start()], text[gap.end() :]
+        if (root / image).is_file() and (root / mask).is_file():
+            readings.append([image, mask])
     if len(readings) > 1:
         options = " or ".join(" + ".join(repr(name) for name in reading) for reading in readings)
         raise DataSourceError(f"{text!r} can be read as {options}: separate the image and mask names with a tab")
@@ -156,7 +156,7 @@ def read_split_file(path: Path, root: Path, need_masks: bool) -> list[Sample]:
     """Samples listed in a UniMatch-style split file, paths relative to ``root`` (names with spaces:
     :func:`split_line`); every listed file must exist, and no image may be listed twice."""
     samples, seen = [], {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):  # BOM of Windows editors
         try:
             fields = split_line(line, root)
         except DataSourceError as error:
