@@ -81,6 +81,12 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "fixmatch-tau0.95": ("configs/demo_fixmatch.yaml", ["--model.pseudo_labels.threshold=0.95"]),
     "fixmatch-lr0.003": ("configs/demo_fixmatch.yaml", ["--model.optimization.lr=0.003"]),
 }
+# every row ran with one fixed tau until prior_lowered became the default (issue 42): the rows that name no
+# rule keep it, so that rerunning a recorded row reproduces it
+FIXED_TAU = "--model.pseudo_labels.threshold_rule=fixed"
+for _config, _overrides in METHODS.values():
+    if not _config.endswith("demo_supervised.yaml") and not any("threshold_rule" in o for o in _overrides):
+        _overrides.append(FIXED_TAU)
 CORE = [
     "supervised",
     "fixmatch",

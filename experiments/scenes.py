@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "experiments"))
 
-from ablation import CEILING, METHODS, run_one  # noqa: E402
+from ablation import CEILING, FIXED_TAU, METHODS, run_one  # noqa: E402
 
 RATIO = "1_64"
 STEPS = 1000
@@ -33,7 +33,7 @@ OUT = REPO / "experiments" / "results" / "scenes"
 PAPER_WEIGHT = (
     "maskmatch-weight1"  # masked-loss weight 1.0, METHOD.md's default (our choice) instead of the demo's 0.25
 )
-METHODS[PAPER_WEIGHT] = ("configs/demo.yaml", ["--model.masking.weight=1.0"])
+METHODS[PAPER_WEIGHT] = ("configs/demo.yaml", ["--model.masking.weight=1.0", FIXED_TAU])
 # in the order a partial seed still compares the pairs that matter most
 GRID = (
     "supervised",

@@ -116,11 +116,14 @@ def test_a_collapse_to_background_is_named_with_what_to_try():
     health.update(small_foreground_mask(), collapsed, 0.95)
     problems = health.problems(["background", "defect"])
     assert {(p.kind, p.class_name) for p in problems} == {("vanished", "defect"), ("takeover", "background")}
-    message = warning_message(problems, 7, remedy("fixed"))
+    message = warning_message(problems, 7, remedy("fixed", problems))
     assert message.startswith("pseudo-label health at step 7") and message.count("\n") == 0  # one line per check
     assert "'defect' (0.00% of the confident pixels" in message and "took over" in message and "'background'" in message
-    assert "--model.pseudo_labels.threshold_rule=prior_lowered" in message and "Pseudo-label health" in message
-    assert "threshold_rule=freematch_prior" in remedy("prior_lowered") and "labeled images" in remedy("freematch_prior")
+    assert "--model.pseudo_labels.threshold_rule=freematch_prior" in message and "Pseudo-label health" in message
+    vanished = [p for p in problems if p.kind == "vanished"]
+    assert "threshold_rule=prior_lowered" in remedy("fixed", vanished)  # a vanished class: lower its tau
+    assert "threshold_rule=freematch_prior" in remedy("prior_lowered", vanished)
+    assert "threshold_rule" not in remedy("freematch_prior", problems)  # what is left: labels
     nothing = PseudoLabelHealth(2)
     nothing.update(small_foreground_mask(), collapsed, 1.0)  # a threshold no pixel reaches
     assert [p.kind for p in nothing.problems(["background", "defect"])] == ["no_confident"]

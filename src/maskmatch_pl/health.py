@@ -93,7 +93,8 @@ class HealthWarnings:
 
     Args:
         grace: share of the planned optimiser steps (``trainer.estimated_stepping_batches``) before
-            which nothing is reported, in [0, 1].
+            which nothing is reported, in [0, 1]. A run without a planned number of steps (infinite
+            ``estimated_stepping_batches``) is judged as if past the grace.
     """
 
     def __init__(self, grace: float = GRACE) -> None:
@@ -132,21 +133,23 @@ def warning_message(problems: Sequence[HealthProblem], step: int, remedy: str) -
     return f"pseudo-label health at step {step}, for two checks in a row: " + "; ".join(parts) + f". {remedy}"
 
 
-def remedy(threshold_rule: str) -> str:
-    """What to try, given the ``pseudo_labels.threshold_rule`` in use (what was measured to help:
-    benchmarks/RESULTS.md, "Threshold rules on every testbed")."""
+def remedy(threshold_rule: str, problems: Sequence[HealthProblem] = ()) -> str:
+    """What to try against ``problems``, given the ``pseudo_labels.threshold_rule`` in use (what was
+    measured to help: benchmarks/RESULTS.md, "Threshold rules on every testbed")."""
     section = "docs/guide.md 'Pseudo-label health (no masks needed)' has the measurements"
+    knob = "`--model.pseudo_labels.threshold_rule="
+    if any(p.kind == "takeover" for p in problems) and threshold_rule != "freematch_prior":
+        return (
+            f"Try {knob}freematch_prior` (it raises the threshold of the class that took over: the best measured "
+            f"on small-foreground data), or more labeled images of the other classes; {section}"
+        )
     if threshold_rule in ("fixed", "freematch"):
         return (
-            "Try `--model.pseudo_labels.threshold_rule=prior_lowered` (the default: tau lowered for the classes the "
-            f"teacher under-predicts), or more labeled images of those classes; {section}"
+            f"Try {knob}prior_lowered` (the default: tau lowered for the classes the teacher under-predicts), "
+            f"or more labeled images of those classes; {section}"
         )
     if threshold_rule == "prior_lowered":
-        return (
-            "Try `--model.pseudo_labels.threshold_rule=freematch_prior` (it also raises the threshold of a class the "
-            "teacher over-predicts: the best measured on small-foreground data), or more labeled images of those "
-            f"classes; {section}"
-        )
+        return f"Try {knob}freematch_prior`, or more labeled images of those classes; {section}"
     return f"More labeled images of those classes are what is left to try; {section}"
 
 

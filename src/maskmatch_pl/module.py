@@ -517,7 +517,7 @@ class MaskMatchModule(L.LightningModule):
         progress = self.global_step / planned if 0 < planned < float("inf") else 1.0
         if reported := self.health_warnings.check(problems, progress):
             rule = self.method.threshold.kind
-            rank_zero_warn(warning_message(reported, self.global_step, remedy(rule)))
+            rank_zero_warn(warning_message(reported, self.global_step, remedy(rule, reported)))
         self.health.reset()
 
     def on_validation_start(self) -> None:

@@ -1,5 +1,6 @@
-"""Confidence thresholds of the pseudo-labels: one fixed tau (FixMatch / UniMatch), or class-wise
-self-adaptive thresholds (FreeMatch) for teachers that are unsure of some classes.
+"""Confidence thresholds of the pseudo-labels: one fixed tau (FixMatch / UniMatch), tau lowered for the
+classes the teacher under-predicts (``prior_lowered``, the default), or class-wise self-adaptive
+thresholds (FreeMatch) for teachers that are unsure of some classes.
 
 With a fixed tau, a class the teacher is never sure of (a rare, small or look-alike class) never
 reaches the unlabeled loss, and training on the others pushes it further out: the collapse to

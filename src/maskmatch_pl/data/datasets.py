@@ -114,7 +114,7 @@ def _sixteen_bit_rgb(image: Image.Image, path: Path, bits: int | None) -> np.nda
             f"{path}: a 16-bit colour image with an EXIF Orientation tag ({_orientation(image)}): turn its pixels "
             f"and delete the tag, or save it with 8 bits per channel"
         )
-    stored = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    stored = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)  # any path (cv2.imread: ASCII)
     if stored is None or stored.dtype != np.uint16 or stored.ndim != 3:
         raise DataFileError(
             f"{path}: cannot read the 16-bit colour image (OpenCV read {getattr(stored, 'dtype', None)})"

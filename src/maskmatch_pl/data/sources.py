@@ -127,10 +127,11 @@ def split_line(line: str, root: Path) -> list[str]:
 
     UniMatch's format separates the names by whitespace, so a name with spaces is ambiguous: a tab
     separates the two names when the line has one; otherwise the words are split at whitespace, and when
-    that does not give two existing files, the readings that do (the whole line as one image, or the words
-    cut into an image and a mask at one space) are tried, and the one that names existing files under
-    ``root`` is taken. Lines whose names do not exist come back as split at whitespace (the caller names the
-    missing file); more than one existing reading is refused.
+    that does not give two existing files, the readings that do (the whole line as one image, or the line
+    cut into an image and a mask at one run of whitespace, names kept as written) are tried, and the one
+    that names existing files under ``root`` is taken. Lines whose names do not exist come back as split
+    at whitespace (the caller names the missing file); more than one existing reading is refused. A
+    byte-order mark and CRLF line ends (Windows editors) are read by :func:`read_split_file`.
 
     Raises:
         DataSourceError: two readings of the line name existing files (the line and both readings named).
